@@ -1,0 +1,1 @@
+"""Flower app: ServerApp, ClientApp, data, model, run config and results."""

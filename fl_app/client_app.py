@@ -1,0 +1,136 @@
+"""ClientApp: train on local data and evaluate the global model on local validation data.
+
+A train reply carries the new weights (or, for FedSGD, the gradient), the local
+``num-examples``, train loss and accuracy, and the evaluation of the *received*
+global model on the validation split (``eval-*`` keys), so the server needs no
+separate evaluate exchange per round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fl_app.config import NodeConfig, RunConfig, parse_node_config, parse_run_config
+from fl_app.data import DATASETS, ClientData, embedded_client_data, load_local_file, split_train_val
+from fl_app.model import build_model
+from fl_app.task import evaluate, full_batch_gradient, train
+from strategies.base import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
+
+app = ClientApp()
+
+
+@dataclass(frozen=True)
+class ClientSetup:
+    """Everything a client derives once from its run config and node config."""
+
+    config: RunConfig
+    node: NodeConfig
+    data: ClientData
+
+
+@lru_cache(maxsize=4)
+def _local_file_data(
+    path: Path, mtime: float, dataset: str, label_column: str, val_fraction: float, seed: int
+) -> ClientData:
+    """Load and split a node's own data file; ``mtime`` in the cache key re-reads a changed file."""
+    del mtime
+    split = load_local_file(path, DATASETS[dataset], label_column)
+    return split_train_val(split, val_fraction, seed)
+
+
+def client_setup(context: Context) -> ClientSetup:
+    """Parse the configs and load this node's data (cached across rounds)."""
+    config = parse_run_config(context.run_config)
+    node = parse_node_config(context.node_config)
+    if node.data_path is not None:
+        data = _local_file_data(
+            node.data_path,
+            node.data_path.stat().st_mtime,
+            config.dataset,
+            node.label_column,
+            config.val_fraction,
+            config.seed,
+        )
+    else:
+        data = embedded_client_data(
+            config.dataset,
+            config.test_fraction,
+            config.val_fraction,
+            config.partitioner,
+            node.num_partitions,
+            node.partition_id,
+            config.seed,
+            config.dirichlet_alpha,
+            config.labels_per_client,
+        )
+    return ClientSetup(config, node, data)
+
+
+def _model_from(message: Message, config: RunConfig) -> torch.nn.Module:
+    spec = DATASETS[config.dataset]
+    model = build_model(config.model, spec.input_shape, spec.num_classes)
+    model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict(), strict=True)
+    return model
+
+
+def training_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """Derive the seed of one client's local training in one round."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+
+
+@app.train()
+def train_handler(msg: Message, context: Context) -> Message:
+    """Evaluate the received model, train locally, reply with weights or gradient."""
+    torch.set_num_threads(1)
+    setup = client_setup(context)
+    config, data = setup.config, setup.data
+    round_config = msg.content[CONFIG_KEY]
+    server_round = int(round_config.get("server-round", 0))
+    model = _model_from(msg, config)
+    eval_loss, eval_accuracy = evaluate(model, data.val)
+    metrics: dict[str, float | int] = {
+        NUM_EXAMPLES_KEY: len(data.train),
+        "eval-loss": eval_loss,
+        "eval-accuracy": eval_accuracy,
+        "eval-num-examples": len(data.val),
+    }
+    if round_config.get("train-mode", "weights") == "gradient":
+        gradient = full_batch_gradient(model, data.train)
+        arrays = ArrayRecord({k: Array(v) for k, v in gradient.items()})
+        metrics["train-loss"], metrics["train-accuracy"] = evaluate(model, data.train)
+    else:
+        result = train(
+            model,
+            data.train,
+            epochs=config.local_epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            momentum=config.momentum,
+            seed=training_seed(config.seed, server_round, setup.node.partition_id),
+            proximal_mu=float(round_config.get("proximal-mu", 0.0)),
+        )
+        metrics["train-loss"], metrics["train-accuracy"] = result.loss, result.accuracy
+        metrics["val-loss"], metrics["val-accuracy"] = evaluate(model, data.val)
+        arrays = ArrayRecord(model.state_dict())
+    content = RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_handler(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on the local validation split."""
+    torch.set_num_threads(1)
+    setup = client_setup(context)
+    model = _model_from(msg, setup.config)
+    loss, accuracy = evaluate(model, setup.data.val)
+    metrics = MetricRecord(
+        {"loss": loss, "accuracy": accuracy, NUM_EXAMPLES_KEY: len(setup.data.val)}
+    )
+    return Message(content=RecordDict({METRICS_KEY: metrics}), reply_to=msg)

@@ -1,0 +1,245 @@
+"""Run and node configuration: one place that parses and validates them.
+
+Every run-config key is declared once, as a field of :class:`RunConfig`, with its
+default, its type and the rule it must satisfy. ``pyproject.toml`` lists the same
+keys in kebab-case under ``[tool.flwr.app.config]`` (a test keeps the two equal).
+:func:`parse_run_config` rejects unknown keys and bad values in one go, before any
+training, with a message that names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from fl_app.data import DATASETS, PARTITIONERS
+from fl_app.model import MODEL_KINDS
+from strategies import STRATEGIES
+
+
+class ConfigError(ValueError):
+    """A run-config or node-config value is unknown or invalid."""
+
+
+Check = Callable[[Any], bool]
+
+
+def _option(default: Any, check: Check | None = None, allowed: str = "") -> Any:
+    """Declare a config field with its validation rule and a description of it."""
+    return field(default=default, metadata={"check": check, "allowed": allowed})
+
+
+def _at_least(low: float) -> Check:
+    return lambda v: v >= low
+
+
+def _positive(v: float) -> bool:
+    return v > 0 and math.isfinite(v)
+
+
+def _fraction(v: float) -> bool:
+    return 0.0 < v <= 1.0
+
+
+def _open_fraction(v: float) -> bool:
+    return 0.0 < v < 1.0
+
+
+def _one_of(choices: Mapping[str, Any] | tuple[str, ...]) -> tuple[Check, str]:
+    names = tuple(choices)
+    return (lambda v: v in names), "one of " + ", ".join(repr(n) for n in names)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Typed, validated run configuration (``[tool.flwr.app.config]``)."""
+
+    # --- run ---
+    num_server_rounds: int = _option(20, _at_least(1), "an integer >= 1")
+    seed: int = _option(42, _at_least(0), "an integer >= 0")
+    target_accuracy: float = _option(
+        0.0, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1] (0 disables early stopping)"
+    )
+    output_dir: str = _option("", None, "a path ('' means outputs/<UTC timestamp>)")
+    round_timeout: float = _option(300.0, _positive, "a number of seconds > 0")
+    # --- data ---
+    dataset: str = _option("digits", *_one_of(DATASETS))
+    partitioner: str = _option("iid", *_one_of(PARTITIONERS))
+    dirichlet_alpha: float = _option(0.5, _positive, "a number > 0")
+    labels_per_client: int = _option(2, _at_least(1), "an integer >= 1")
+    test_fraction: float = _option(0.2, _open_fraction, "a number in (0, 1)")
+    val_fraction: float = _option(0.1, _open_fraction, "a number in (0, 1)")
+    # --- model and local training ---
+    model: str = _option("auto", *_one_of(MODEL_KINDS))
+    local_epochs: int = _option(2, _at_least(1), "an integer >= 1")
+    batch_size: int = _option(16, _at_least(1), "an integer >= 1")
+    learning_rate: float = _option(0.05, _positive, "a number > 0")
+    momentum: float = _option(0.9, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+    # --- aggregation ---
+    strategy: str = _option("fedavg", *_one_of(STRATEGIES))
+    fraction_train: float = _option(1.0, _fraction, "a number in (0, 1]")
+    min_train_nodes: int = _option(2, _at_least(1), "an integer >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config with its kebab-case run-config keys."""
+        return {name.replace("_", "-"): value for name, value in asdict(self).items()}
+
+
+def config_key(field_name: str) -> str:
+    """Return the kebab-case run-config key of a :class:`RunConfig` field."""
+    return field_name.replace("_", "-")
+
+
+RUN_CONFIG_KEYS: tuple[str, ...] = tuple(config_key(f.name) for f in fields(RunConfig))
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Convert a TOML value to the field's type, or raise ConfigError."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(
+        f"run-config key '{key}' = {value!r} has type {type(value).__name__}; "
+        f"expected {kind.__name__}"
+    )
+
+
+def _unknown_key_error(unknown: list[str], known: tuple[str, ...]) -> str:
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        parts.append(f"unknown run-config key '{key}'{hint}")
+    return "; ".join(parts) + ". Valid keys: " + ", ".join(known)
+
+
+def parse_run_config(
+    run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> RunConfig:
+    """Parse and validate a Flower run config into a :class:`RunConfig`.
+
+    Parameters
+    ----------
+    run_config : Mapping[str, Any]
+        ``context.run_config``: the defaults from ``pyproject.toml`` fused with the
+        user's overrides. Keys that are missing take the defaults of RunConfig.
+    overrides : Mapping[str, Any], optional
+        The raw ``--run-config`` overrides (``grid.run.override_config``). Flower
+        silently drops override keys that ``pyproject.toml`` does not declare; passing
+        them here turns a mistyped key into an error instead of a silent default.
+
+    Returns
+    -------
+    RunConfig
+        The validated configuration.
+
+    Raises
+    ------
+    ConfigError
+        Listing every unknown key and every invalid value, with what is allowed.
+    """
+    merged = {**run_config, **(overrides or {})}
+    unknown = sorted(set(merged) - set(RUN_CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(_unknown_key_error(unknown, RUN_CONFIG_KEYS))
+
+    hints = get_type_hints(RunConfig)
+    errors: list[str] = []
+    values: dict[str, Any] = {}
+    for spec in fields(RunConfig):
+        key = config_key(spec.name)
+        if key not in merged:
+            continue
+        try:
+            value = _coerce(key, merged[key], hints[spec.name])
+        except ConfigError as err:
+            errors.append(str(err))
+            continue
+        check = spec.metadata["check"]
+        if check is not None and not check(value):
+            errors.append(
+                f"run-config key '{key}' = {value!r} is invalid: must be {spec.metadata['allowed']}"
+            )
+        values[spec.name] = value
+    if not errors:
+        config = RunConfig(**values)
+        errors = _cross_field_errors(config)
+        if not errors:
+            return config
+    raise ConfigError("invalid run config: " + "; ".join(errors))
+
+
+def _cross_field_errors(config: RunConfig) -> list[str]:
+    """Return the errors that involve more than one key."""
+    errors = []
+    spec = DATASETS[config.dataset]
+    if config.partitioner == "pathological" and config.labels_per_client > spec.num_classes:
+        errors.append(
+            f"run-config key 'labels-per-client' = {config.labels_per_client} is invalid "
+            f"for dataset '{config.dataset}': must be <= its {spec.num_classes} classes"
+        )
+    if config.model == "cnn" and len(spec.input_shape) != 3:
+        errors.append(
+            f"run-config key 'model' = 'cnn' is invalid for dataset '{config.dataset}': "
+            "a CNN needs image-shaped data; use 'mlp' or 'auto'"
+        )
+    return errors
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """What a SuperNode says about itself (``--node-config``)."""
+
+    partition_id: int = 0
+    num_partitions: int = 1
+    data_path: Path | None = None
+    label_column: str = "label"
+
+
+NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", "label-column")
+
+
+def parse_node_config(node_config: Mapping[str, Any]) -> NodeConfig:
+    """Parse a node config; Flower's simulation sets partition-id and num-partitions.
+
+    Raises
+    ------
+    ConfigError
+        For a value of the wrong type or outside its range. Keys that belong to
+        other components (for example an HE key path) are left to them.
+    """
+    try:
+        partition_id = int(node_config.get("partition-id", 0))
+        num_partitions = int(node_config.get("num-partitions", 1))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"node-config 'partition-id' and 'num-partitions' must be integers, got "
+            f"{node_config.get('partition-id')!r} and {node_config.get('num-partitions')!r}"
+        ) from err
+    if num_partitions < 1 or not 0 <= partition_id < num_partitions:
+        raise ConfigError(
+            f"node-config 'partition-id' = {partition_id} is invalid: must be in "
+            f"[0, num-partitions = {num_partitions})"
+        )
+    raw_path = node_config.get("data-path", "")
+    if not isinstance(raw_path, str):
+        raise ConfigError(f"node-config 'data-path' = {raw_path!r} must be a string path")
+    data_path = Path(raw_path).expanduser() if raw_path else None
+    if data_path is not None and not data_path.is_file():
+        raise ConfigError(f"node-config 'data-path' = '{raw_path}' is not a readable file")
+    label_column = node_config.get("label-column", "label")
+    if not isinstance(label_column, str) or not label_column:
+        raise ConfigError(f"node-config 'label-column' = {label_column!r} must be a name")
+    return NodeConfig(partition_id, num_partitions, data_path, label_column)

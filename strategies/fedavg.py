@@ -1,0 +1,20 @@
+"""FedAvg (McMahan et al., 2017): mean of client models weighted by their examples."""
+
+from __future__ import annotations
+
+from strategies.base import BaseStrategy, ClientUpdate
+from strategies.core import Arrays, weighted_average
+
+
+class FedAvg(BaseStrategy):
+    """Federated Averaging: ``w = sum_k n_k w_k / sum_k n_k`` over sampled clients.
+
+    Clients train ``local-epochs`` epochs from the global model; sampling follows
+    ``fraction-train`` with at least ``min-train-nodes`` nodes.
+    """
+
+    name = "fedavg"
+
+    def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> Arrays:
+        """Return the example-weighted mean of the client models."""
+        return weighted_average([u.arrays for u in updates], [u.num_examples for u in updates])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl_app.config import NodeConfig, RunConfig, parse_node_config, parse_run_config
@@ -85,15 +85,40 @@ def training_seed(seed: int, server_round: int, partition_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
 
 
+def train_locally(
+    model: torch.nn.Module, setup: ClientSetup, round_config: ConfigRecord
+) -> dict[str, float | int]:
+    """Train ``model`` in place on the local train split; return the train metrics."""
+    config = setup.config
+    result = train(
+        model,
+        setup.data.train,
+        epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        momentum=config.momentum,
+        seed=training_seed(
+            config.seed, int(round_config.get("server-round", 0)), setup.node.partition_id
+        ),
+        proximal_mu=float(round_config.get("proximal-mu", 0.0)),
+    )
+    val_loss, val_accuracy = evaluate(model, setup.data.val)
+    return {
+        "train-loss": result.loss,
+        "train-accuracy": result.accuracy,
+        "val-loss": val_loss,
+        "val-accuracy": val_accuracy,
+    }
+
+
 @app.train()
 def train_handler(msg: Message, context: Context) -> Message:
     """Evaluate the received model, train locally, reply with weights or gradient."""
     torch.set_num_threads(1)
     setup = client_setup(context)
-    config, data = setup.config, setup.data
+    data = setup.data
     round_config = msg.content[CONFIG_KEY]
-    server_round = int(round_config.get("server-round", 0))
-    model = _model_from(msg, config)
+    model = _model_from(msg, setup.config)
     eval_loss, eval_accuracy = evaluate(model, data.val)
     metrics: dict[str, float | int] = {
         NUM_EXAMPLES_KEY: len(data.train),
@@ -106,18 +131,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         arrays = ArrayRecord({k: Array(v) for k, v in gradient.items()})
         metrics["train-loss"], metrics["train-accuracy"] = evaluate(model, data.train)
     else:
-        result = train(
-            model,
-            data.train,
-            epochs=config.local_epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            momentum=config.momentum,
-            seed=training_seed(config.seed, server_round, setup.node.partition_id),
-            proximal_mu=float(round_config.get("proximal-mu", 0.0)),
-        )
-        metrics["train-loss"], metrics["train-accuracy"] = result.loss, result.accuracy
-        metrics["val-loss"], metrics["val-accuracy"] = evaluate(model, data.val)
+        metrics.update(train_locally(model, setup, round_config))
         arrays = ArrayRecord(model.state_dict())
     content = RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)

@@ -9,4 +9,4 @@ scripts/setup.sh
 # re-installing them per run with uv (which would download torch again).
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export PATH="$PWD/.venv/bin:$PATH"
-exec flwr run . --stream --federation-config "num-supernodes=${NUM_CLIENTS:-10}" "$@"
+exec flwr run . --stream --federation-config "num-supernodes=${NUM_CLIENTS:-10} client-resources-num-cpus=1" "$@"

@@ -190,6 +190,15 @@ class BaseStrategy(Strategy):
         """Return the strategy-specific settings (for logs and results)."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """Return the state a checkpoint must keep (e.g. server-optimiser moments)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
+
     # ----------------------------------------------------------------- sampling
     def _connected_nodes(self, grid: Grid, minimum: int) -> list[int]:
         """Wait (bounded) for ``minimum`` nodes; return them in registration order."""

@@ -5,8 +5,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from fl_app.client_app import app
 from fl_app.config import RunConfig
 from fl_app.data import server_split
+from fl_app.inprocess_grid import set_task_identity
 from fl_app.server_app import initial_model
-from tests.inprocess_grid import set_task_identity
 
 
 def train_message(arrays: ArrayRecord, config: dict) -> Message:

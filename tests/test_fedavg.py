@@ -10,10 +10,10 @@ from flwr.app import (
     RecordDict,
 )
 
+from fl_app.inprocess_grid import set_task_identity
 from strategies import STRATEGIES, strategy_class
 from strategies.core import weighted_average
 from strategies.fedavg import FedAvg
-from tests.inprocess_grid import set_task_identity
 
 
 def reply(node: int, arrays: dict, metrics: dict) -> Message:

@@ -5,11 +5,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType
 
 from fl_app.client_app import app
 from fl_app.config import RunConfig
+from fl_app.inprocess_grid import InProcessGrid
 from fl_app.results import RunResults
 from fl_app.server_app import initial_model, make_server_evaluate
 from fl_app.training_loop import LoopSettings, TrainingLoop
 from strategies.fedavg import FedAvg
-from tests.inprocess_grid import InProcessGrid
 
 
 def run_loop(tmp_path, config: RunConfig, num_nodes=4, reply_hook=None, timeout=5.0):

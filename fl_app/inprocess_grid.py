@@ -1,8 +1,9 @@
-"""A Grid that delivers messages to the real ClientApp inside the test process.
+"""A Grid that delivers messages to the real ClientApp inside this process.
 
-It replaces only the transport (SuperLink, SuperNodes, Ray) so that the server's
-round loop and the strategies can be tested quickly against the real ClientApp;
-end-to-end tests use real ``flwr run`` processes instead.
+It replaces only the transport (SuperLink, SuperNodes, Ray): the server's round loop,
+the strategies and the ClientApp are the real ones. Tests and benchmarks use it where
+the transport is not what is being measured, to run many configurations in seconds;
+end-to-end tests and the overhead benchmark use real ``flwr run`` processes instead.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ RUN_ID = 7
 
 
 def set_task_identity() -> None:
-    """Let tests construct Messages outside a Flower process."""
+    """Let code outside a Flower process construct Messages (Flower requires a run ID)."""
     TaskIdentity.run_id = RUN_ID
     TaskIdentity.node_id = 0
     TaskIdentity.task_id = 1
@@ -42,7 +43,10 @@ class InProcessGrid(Grid):
         The run config every node sees.
     reply_hook : callable, optional
         ``hook(partition_id, message, reply) -> reply | None`` may change a reply or
-        drop it (``None`` = the node never answers): for fault-injection tests.
+        drop it (``None`` = the node never answers): fault injection for tests and
+        robustness benchmarks, never reachable from a run config.
+    override_config : dict[str, Any], optional
+        What ``grid.run.override_config`` returns (the raw ``--run-config``).
     """
 
     def __init__(
@@ -72,25 +76,31 @@ class InProcessGrid(Grid):
         self.sent: list[Message] = []
 
     def set_run(self, run: Run) -> None:
+        """Replace the run."""
         self._run = run
 
     @property
     def run(self) -> Run:
+        """The run these nodes take part in."""
         return self._run
 
     def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        """Not supported (deprecated in Flower): build ``Message`` directly."""
         raise NotImplementedError("deprecated in Flower; build Message directly")
 
     def get_node_ids(self) -> Iterable[int]:
+        """Return the node IDs."""
         return list(self.node_ids)
 
     def get_nodes(self) -> Iterable[NodeInfo]:
+        """Return the nodes in registration (= partition) order."""
         return [
             NodeInfo(node_id=node, registered_at=f"2026-01-01T00:00:{i:02d}")
             for i, node in enumerate(self.node_ids)
         ]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Run the ClientApp on each message now; keep the replies for pulling."""
         ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
@@ -108,9 +118,11 @@ class InProcessGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Return (and forget) the replies to these message IDs that exist."""
         return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
+        """Push the messages and return their replies."""
         return self.pull_messages(self.push_messages(messages))

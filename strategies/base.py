@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from logging import INFO, WARNING
@@ -32,7 +32,7 @@ from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from strategies.core import Arrays
+from strategies.core import Arrays, weighted_average
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
@@ -134,6 +134,10 @@ class BaseStrategy(Strategy):
     """
 
     name: ClassVar[str] = ""
+    linear: ClassVar[bool] = False
+    """True when the new global arrays are ``finish_linear(sum_k w_k u_k / sum_k w_k)``
+    with ``w_k = client_weight(...)``: such a strategy can aggregate encrypted updates,
+    because each client can weight its own update before encrypting it."""
 
     def __init__(
         self,
@@ -344,6 +348,26 @@ class BaseStrategy(Strategy):
     @abstractmethod
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> Arrays:
         """Return the new global arrays from at least ``min_train_nodes`` updates."""
+
+    def client_weight(self, num_examples: int, metrics: Mapping[str, float]) -> float:
+        """Weight of one client's update in a linear aggregate (its examples by default).
+
+        Clients call this too, to weight their own update before encrypting it.
+        """
+        return float(num_examples)
+
+    def finish_linear(self, mean: Arrays, current: Arrays) -> Arrays:
+        """Turn the weighted mean of the updates into the new global arrays.
+
+        Model averaging keeps the mean; FedSGD steps from ``current`` along it.
+        """
+        return mean
+
+    def linear_aggregate(self, updates: list[ClientUpdate]) -> Arrays:
+        """Weighted mean by :meth:`client_weight`, then :meth:`finish_linear`."""
+        weights = [self.client_weight(u.num_examples, u.metrics) for u in updates]
+        mean = weighted_average([u.arrays for u in updates], weights)
+        return self.finish_linear(mean, self.global_arrays)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

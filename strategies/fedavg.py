@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from strategies.base import BaseStrategy, ClientUpdate
-from strategies.core import Arrays, weighted_average
+from strategies.core import Arrays
 
 
 class FedAvg(BaseStrategy):
@@ -14,7 +14,8 @@ class FedAvg(BaseStrategy):
     """
 
     name = "fedavg"
+    linear = True
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> Arrays:
         """Return the example-weighted mean of the client models."""
-        return weighted_average([u.arrays for u in updates], [u.num_examples for u in updates])
+        return self.linear_aggregate(updates)

@@ -66,6 +66,11 @@ class RunConfig:
     )
     output_dir: str = _option("", None, "a path ('' means outputs/<UTC timestamp>)")
     round_timeout: float = _option(300.0, _positive, "a number of seconds > 0")
+    max_round_retries: int = _option(2, _at_least(0), "an integer >= 0")
+    max_update_norm: float = _option(
+        0.0, lambda v: v >= 0 and math.isfinite(v), "a number >= 0 (0 disables the check)"
+    )
+    resume_from: str = _option("", None, "a results directory or checkpoint.npz ('' = new run)")
     # --- data ---
     dataset: str = _option("digits", *_one_of(DATASETS))
     partitioner: str = _option("iid", *_one_of(PARTITIONERS))

@@ -8,9 +8,11 @@ end-to-end tests and the overhead benchmark use real ``flwr run`` processes inst
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -126,3 +128,54 @@ class InProcessGrid(Grid):
     ) -> Iterable[Message]:
         """Push the messages and return their replies."""
         return self.pull_messages(self.push_messages(messages))
+
+
+ReplyHook = Callable[[int, Message, Message], Message | None]
+
+
+def run_server_app_in_process(
+    out: Path,
+    overrides: dict[str, Any],
+    *,
+    num_nodes: int = 3,
+    client_app: ClientApp | None = None,
+    reply_hook: ReplyHook | None = None,
+) -> dict[str, Any]:
+    """Run the real ServerApp once against ``num_nodes`` in-process ClientApps.
+
+    Parameters
+    ----------
+    out : Path
+        The run's ``output-dir`` (must not exist yet).
+    overrides : dict[str, Any]
+        Run-config overrides on top of the defaults, as ``--run-config`` would give.
+    num_nodes : int
+        Simulated clients.
+    client_app : ClientApp, optional
+        Defaults to the product's ClientApp.
+    reply_hook : ReplyHook, optional
+        Fault injection, see :class:`InProcessGrid`.
+
+    Returns
+    -------
+    dict[str, Any]
+        The run's ``results.json``.
+    """
+    from fl_app import client_app as product_client_app
+    from fl_app import server_app
+    from fl_app.config import RunConfig
+
+    overrides = {"output-dir": str(out), **overrides}
+    config = {**RunConfig().to_dict(), **overrides}
+    grid = InProcessGrid(
+        client_app or product_client_app.app,
+        num_nodes,
+        config,
+        reply_hook,
+        override_config=overrides,
+    )
+    context = Context(
+        run_id=RUN_ID, node_id=0, node_config={}, state=RecordDict(), run_config=config
+    )
+    server_app.app(grid, context)
+    return json.loads((out / "results.json").read_text())

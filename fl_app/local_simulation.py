@@ -5,7 +5,8 @@
 ``fl-compare`` need runs that are isolated and leave nothing behind, so this module
 starts the same SuperLink command itself, on free ports, in its own ``FLWR_HOME``,
 with runtime dependency installation disabled, submits runs through the ``flwr``
-CLI (the code path users run), and stops the SuperLink by PID.
+CLI (the code path users run), and stops the SuperLink and everything it started by
+PID.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import psutil
 import tomli_w
 
 from fl_app.results import RESULTS_FILE
@@ -162,7 +164,6 @@ class LocalSuperLink:
             env=self.env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,
         )
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while not self._healthy():
@@ -176,19 +177,53 @@ class LocalSuperLink:
                 raise SimulationError(f"flower-superlink did not start in {STARTUP_TIMEOUT:.0f} s")
             time.sleep(0.2)
 
+    def processes(self) -> list[psutil.Process]:
+        """Return every live process this SuperLink started, directly or not.
+
+        The SuperLink starts ``flower-superexec`` in a new session, which starts the
+        simulation (ServerApp, Ray and its actors) in yet another one, so process groups
+        do not cover them. All of them inherit this SuperLink's ``FLWR_HOME``.
+        """
+        found: dict[int, psutil.Process] = {}
+        if self.process is not None:
+            try:
+                root = psutil.Process(self.process.pid)
+                found[root.pid] = root
+                found.update({p.pid: p for p in root.children(recursive=True)})
+            except psutil.NoSuchProcess:
+                pass
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if process.environ().get("FLWR_HOME") == str(self.flwr_home):
+                    found[process.pid] = process
+        found.pop(os.getpid(), None)
+        return list(found.values())
+
+    def _signal_all(self, sig: signal.Signals) -> list[psutil.Process]:
+        targets = self.processes()
+        for process in targets:
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(sig)
+        return targets
+
     def stop(self) -> None:
-        """Stop the SuperLink and everything in its process group, by PID."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        pgid = os.getpgid(self.process.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.process.wait(timeout=STOP_TIMEOUT)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
+        """Stop the SuperLink and every process it started (SIGTERM, then SIGKILL)."""
+        targets = self._signal_all(signal.SIGTERM)
+        _, alive = psutil.wait_procs(targets, timeout=STOP_TIMEOUT)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(alive, timeout=STOP_TIMEOUT)
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=STOP_TIMEOUT)
+
+    def kill(self) -> None:
+        """Kill the SuperLink and every process it started at once (SIGKILL), like a crash."""
+        psutil.wait_procs(self._signal_all(signal.SIGKILL), timeout=STOP_TIMEOUT)
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=STOP_TIMEOUT)
 
     def __enter__(self) -> LocalSuperLink:
         self.start()
@@ -197,16 +232,15 @@ class LocalSuperLink:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def run(
+    def start_run(
         self,
         app_dir: Path,
         run_config: dict[str, Any],
         *,
         num_supernodes: int = 10,
         client_cpus: int = 1,
-        timeout: float = 600.0,
-    ) -> RunOutcome:
-        """Submit ``flwr run <app_dir>`` and wait until the run has finished.
+    ) -> RunHandle:
+        """Submit ``flwr run <app_dir> --stream`` in the background and return at once.
 
         Parameters
         ----------
@@ -219,13 +253,6 @@ class LocalSuperLink:
             Simulated clients.
         client_cpus : int
             CPUs per ClientApp actor (parallel actors = CPUs / client_cpus).
-        timeout : float
-            Seconds before the run is abandoned with an error.
-
-        Raises
-        ------
-        SimulationError
-            If the run does not finish in time or writes no completed results.
         """
         results_dir = Path(run_config["output-dir"])
         if not results_dir.is_absolute():
@@ -243,27 +270,80 @@ class LocalSuperLink:
             "--federation-config",
             f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus}",
         ]
-        started = time.monotonic()
+        log_file = (self.flwr_home / f"flwr-run-{time.time_ns()}.log").open("w+")
+        process = subprocess.Popen(
+            command, cwd=self.cwd, env=self.env(), stdout=log_file, stderr=subprocess.STDOUT
+        )
+        return RunHandle(process, results_dir, log_file, time.monotonic())
+
+    def run(
+        self,
+        app_dir: Path,
+        run_config: dict[str, Any],
+        *,
+        num_supernodes: int = 10,
+        client_cpus: int = 1,
+        timeout: float = 600.0,
+    ) -> RunOutcome:
+        """Submit ``flwr run`` (see :meth:`start_run`) and wait until the run has finished.
+
+        Raises
+        ------
+        SimulationError
+            If the run does not finish within ``timeout`` seconds or writes no
+            finished results.
+        """
+        handle = self.start_run(
+            app_dir, run_config, num_supernodes=num_supernodes, client_cpus=client_cpus
+        )
+        return handle.wait(timeout)
+
+
+@dataclass
+class RunHandle:
+    """A ``flwr run`` submitted in the background."""
+
+    process: subprocess.Popen[bytes]
+    results_dir: Path
+    log_file: IO[str]
+    started: float
+
+    def output(self) -> str:
+        """Return what ``flwr run`` printed so far (the streamed run log)."""
+        self.log_file.flush()
+        return Path(self.log_file.name).read_text(errors="replace")
+
+    def progress(self) -> dict[str, Any] | None:
+        """Return the run's ``results.json`` as written so far, or None before round 1."""
         try:
-            completed = subprocess.run(
-                command,
-                cwd=self.cwd,
-                env=self.env(),
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
+            return json.loads((self.results_dir / RESULTS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def wait(self, timeout: float) -> RunOutcome:
+        """Wait for the run to end; return its outcome.
+
+        Raises
+        ------
+        SimulationError
+            If the run does not finish in time or writes no finished results.
+        """
+        try:
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired as err:
+            self.process.kill()
+            self.process.wait()
             raise SimulationError(f"flwr run did not finish within {timeout:.0f} s") from err
-        output = completed.stdout + completed.stderr
-        seconds = time.monotonic() - started
-        results_path = results_dir / RESULTS_FILE
-        if not results_path.is_file():
+        finally:
+            self.log_file.close()
+        output = Path(self.log_file.name).read_text(errors="replace")
+        seconds = time.monotonic() - self.started
+        results = self.progress()
+        if results is None:
             raise SimulationError(
-                f"the run wrote no {results_path}; flwr run said:\n{output[-4000:]}"
+                f"the run wrote no {self.results_dir / RESULTS_FILE}; flwr run said:\n"
+                f"{output[-4000:]}"
             )
-        results = json.loads(results_path.read_text())
         if results.get("status") in (None, "running"):
             raise SimulationError(f"the run did not finish; flwr run said:\n{output[-4000:]}")
-        return RunOutcome(results_dir, results, output, seconds)
+        return RunOutcome(self.results_dir, results, output, seconds)

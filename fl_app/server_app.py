@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import time
+import uuid
 from logging import ERROR, INFO
 from pathlib import Path
 
 import flwr
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from fl_app.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_resumable,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fl_app.config import ConfigError, RunConfig, parse_run_config
 from fl_app.data import DATASETS, server_split
 from fl_app.model import build_model, resolve_model_kind
@@ -60,13 +69,23 @@ def _final_summary(results: RunResults, status: str, seconds: float) -> dict[str
     }
 
 
+def _load_resume_checkpoint(config: RunConfig) -> Checkpoint | None:
+    """Load and check the checkpoint named by ``resume-from`` (None for a new run)."""
+    if not config.resume_from:
+        return None
+    checkpoint = load_checkpoint(Path(config.resume_from).expanduser())
+    check_resumable(checkpoint, config.to_dict())
+    return checkpoint
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run federated training as configured by the run config."""
     started = time.monotonic()
     try:
         config = parse_run_config(context.run_config, grid.run.override_config)
-    except ConfigError as err:
+        checkpoint = _load_resume_checkpoint(config)
+    except (ConfigError, CheckpointError) as err:
         log(ERROR, "Invalid run config, nothing was trained: %s", err)
         raise
     torch.set_num_threads(1)
@@ -92,15 +111,49 @@ def main(grid: Grid, context: Context) -> None:
             },
         },
     )
+    arrays = ArrayRecord(model.state_dict())
+    start_round, ledger_id = 1, uuid.uuid4().hex
+    if checkpoint is not None:
+        arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
+        strategy.load_state_dict(checkpoint.strategy_state)
+        start_round, ledger_id = checkpoint.server_round + 1, checkpoint.ledger_id
+        results.data["initial"] = checkpoint.results["initial"]
+        results.data["rounds"] = checkpoint.results["rounds"]
+        results.data["resumed_from"] = {
+            "path": config.resume_from,
+            "round": checkpoint.server_round,
+        }
+        log(INFO, "Resuming after round %d from %s", checkpoint.server_round, config.resume_from)
+
+    def save_round(server_round: int, round_arrays: ArrayRecord) -> None:
+        save_checkpoint(
+            directory,
+            Checkpoint(
+                server_round=server_round,
+                arrays={k: v.numpy() for k, v in round_arrays.items()},
+                strategy_state=strategy.state_dict(),
+                results=json.loads(json.dumps(results.data)),
+                config=config.to_dict(),
+                ledger_id=ledger_id,
+            ),
+        )
+
     strategy.summary()
     loop = TrainingLoop(
         grid,
         strategy,
-        LoopSettings(config.num_server_rounds, config.round_timeout, config.target_accuracy),
+        LoopSettings(
+            config.num_server_rounds,
+            config.round_timeout,
+            config.target_accuracy,
+            config.max_round_retries,
+        ),
         results,
         make_server_evaluate(config),
     )
-    final_arrays, status = loop.run(ArrayRecord(model.state_dict()), ConfigRecord())
+    final_arrays, status = loop.run(
+        arrays, ConfigRecord({"ledger-id": ledger_id}), start_round, save_round
+    )
     model.load_state_dict(final_arrays.to_torch_state_dict(), strict=True)
     results.save_model(model.state_dict())
     results.finish(status, _final_summary(results, status, time.monotonic() - started))

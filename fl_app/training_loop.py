@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -32,11 +32,15 @@ POLL_INTERVAL = 0.05
 
 @dataclass(frozen=True)
 class LoopSettings:
-    """How long the loop runs and when it stops."""
+    """How long the loop runs, when it stops, and how often a short round is retried."""
 
     num_rounds: int
     round_timeout: float
     target_accuracy: float
+    max_round_retries: int = 0
+
+
+RoundCallback = Callable[[int, ArrayRecord], None]
 
 
 def wire_bytes(messages: Iterable[Message]) -> int:
@@ -112,20 +116,55 @@ class TrainingLoop:
         self.results = results
         self.server_evaluate = server_evaluate
 
-    def run(self, initial: ArrayRecord, train_config: ConfigRecord) -> tuple[ArrayRecord, str]:
+    def run(
+        self,
+        initial: ArrayRecord,
+        train_config: ConfigRecord,
+        start_round: int = 1,
+        on_round_end: RoundCallback | None = None,
+    ) -> tuple[ArrayRecord, str]:
         """Run the rounds; return the final global arrays and how the run ended.
 
-        The status is ``completed`` (all rounds ran) or ``target-reached``.
+        Parameters
+        ----------
+        initial : ArrayRecord
+            Global arrays before ``start_round``.
+        train_config : ConfigRecord
+            Extra config sent with every train message.
+        start_round : int
+            First round to run (> 1 when resuming; earlier rounds are in ``results``).
+        on_round_end : callable, optional
+            Called with ``(round, global arrays)`` after each completed round
+            (checkpointing).
+
+        Returns
+        -------
+        tuple[ArrayRecord, str]
+            The arrays, and ``completed``, ``target-reached`` or
+            ``stopped-too-few-updates``.
         """
         arrays = initial
-        if self.server_evaluate is not None:
+        if start_round == 1 and self.server_evaluate is not None:
             self.results.entry(0)["server"] = self.server_evaluate(arrays)
             log(INFO, "Initial server evaluation: %s", self.results.entry(0)["server"])
         status = "completed"
-        last_round = 0
-        for server_round in range(1, self.settings.num_rounds + 1):
-            arrays = self._train_round(server_round, arrays, train_config)
+        last_round = start_round - 1
+        for server_round in range(start_round, self.settings.num_rounds + 1):
+            new_arrays = self._train_round(server_round, arrays, train_config)
             last_round = server_round
+            if new_arrays is None:
+                status = "stopped-too-few-updates"
+                log(
+                    ERROR,
+                    "Stopping: round %d had fewer than min-train-nodes valid updates after "
+                    "%d retries (see its failures in results.json)",
+                    server_round,
+                    self.settings.max_round_retries,
+                )
+                break
+            arrays = new_arrays
+            if on_round_end is not None:
+                on_round_end(server_round, arrays)
             if self._target_reached(server_round):
                 status = "target-reached"
                 log(
@@ -135,51 +174,69 @@ class TrainingLoop:
                     server_round,
                 )
                 break
-        if last_round:
+        if last_round >= start_round:
             self._final_evaluation(last_round, arrays)
         return arrays, status
 
     def _train_round(
         self, server_round: int, arrays: ArrayRecord, train_config: ConfigRecord
-    ) -> ArrayRecord:
+    ) -> ArrayRecord | None:
+        """Run one round, retrying it while too few valid updates arrive.
+
+        Returns the new global arrays, or ``None`` if every attempt fell short.
+        """
         started = time.monotonic()
         log(INFO, "")
         log(INFO, "[ROUND %d/%d]", server_round, self.settings.num_rounds)
-        messages = list(
-            self.strategy.configure_train(
-                server_round, arrays, ConfigRecord(dict(train_config)), self.grid
+        bytes_down = bytes_up = sent = received = 0
+        failures: list[dict[str, Any]] = []
+        new_arrays: ArrayRecord | None = None
+        metrics: MetricRecord | None = None
+        for attempt in range(1, self.settings.max_round_retries + 2):
+            messages = list(
+                self.strategy.configure_train(
+                    server_round, arrays, ConfigRecord(dict(train_config)), self.grid
+                )
             )
-        )
-        bytes_down = wire_bytes(messages)
-        replies, silent = exchange(self.grid, messages, self.settings.round_timeout)
-        bytes_up = wire_bytes(replies)
-        new_arrays, metrics = self.strategy.aggregate_train(server_round, replies)
-        failures = [
-            NodeFailure(
-                node, "train", f"no reply within round-timeout {self.settings.round_timeout:g} s"
-            )
-            for node in silent
-        ] + self.strategy.round_log.failures
+            bytes_down += wire_bytes(messages)
+            replies, silent = exchange(self.grid, messages, self.settings.round_timeout)
+            bytes_up += wire_bytes(replies)
+            sent, received = sent + len(messages), received + len(replies)
+            new_arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+            timeout_reason = f"no reply within round-timeout {self.settings.round_timeout:g} s"
+            attempt_failures = [
+                NodeFailure(node, "train", timeout_reason) for node in silent
+            ] + self.strategy.round_log.failures
+            failures += [{**f.to_dict(), "attempt": attempt} for f in attempt_failures]
+            if new_arrays is not None:
+                break
+            if attempt <= self.settings.max_round_retries:
+                log(
+                    WARNING,
+                    "Round %d: too few valid updates; retrying (attempt %d)",
+                    server_round,
+                    attempt + 1,
+                )
         train_metrics, evaluation = _split_eval_metrics(dict(metrics or MetricRecord()))
         if evaluation:
             self.results.entry(server_round - 1)["evaluate"] = evaluation
-        if new_arrays is not None:
-            arrays = new_arrays
+        global_arrays = new_arrays if new_arrays is not None else arrays
         record: dict[str, Any] = {
             "round": server_round,
             "seconds": 0.0,
             "bytes_up": bytes_up,
             "bytes_down": bytes_down,
             "num_clients": len(messages),
+            "attempts": attempt,
             "aggregated": new_arrays is not None,
             "train": train_metrics,
             "evaluate": {},
-            "server": self.server_evaluate(arrays) if self.server_evaluate else {},
+            "server": self.server_evaluate(global_arrays) if self.server_evaluate else {},
             "clients": [
                 {k: v for k, v in client.items() if not k.startswith(EVAL_PREFIX)}
                 for client in self.strategy.round_log.client_metrics
             ],
-            "failures": [f.to_dict() for f in failures],
+            "failures": failures,
         }
         record["seconds"] = round(time.monotonic() - started, 4)
         self.results.add_round(record)
@@ -187,14 +244,14 @@ class TrainingLoop:
             INFO,
             "Round %d: %d/%d replies, server accuracy %s, %.2f s, %.1f KB down / %.1f KB up",
             server_round,
-            len(replies),
-            len(messages),
+            received,
+            sent,
             f"{record['server']['accuracy']:.4f}" if record["server"] else "n/a",
             record["seconds"],
             bytes_down / 1024,
             bytes_up / 1024,
         )
-        return arrays
+        return new_arrays
 
     def _target_reached(self, server_round: int) -> bool:
         target = self.settings.target_accuracy

@@ -131,6 +131,8 @@ class BaseStrategy(Strategy):
         Seeds node sampling.
     wait_timeout : float
         Seconds to wait for enough nodes to connect before giving up.
+    max_update_norm : float
+        Reject an update whose L2 norm (see :meth:`update_norm`) exceeds this; 0 = off.
     """
 
     name: ClassVar[str] = ""
@@ -148,6 +150,7 @@ class BaseStrategy(Strategy):
         min_evaluate_nodes: int = 1,
         seed: int = 0,
         wait_timeout: float = 300.0,
+        max_update_norm: float = 0.0,
     ) -> None:
         self.fraction_train = fraction_train
         self.min_train_nodes = min_train_nodes
@@ -155,10 +158,13 @@ class BaseStrategy(Strategy):
         self.min_evaluate_nodes = min_evaluate_nodes
         self.seed = seed
         self.wait_timeout = wait_timeout
+        self.max_update_norm = max_update_norm
         self.global_keys: list[str] = []
         self.global_arrays: Arrays = []
         self.round_log = RoundLog()
         self._rank: dict[int, int] = {}
+        self._sampled_round = 0
+        self._attempt = 0
 
     @classmethod
     def from_run_config(cls, config: RunConfig) -> Self:
@@ -173,6 +179,7 @@ class BaseStrategy(Strategy):
             "min_train_nodes": config.min_train_nodes,
             "seed": config.seed,
             "wait_timeout": config.round_timeout,
+            "max_update_norm": config.max_update_norm,
         }
 
     # ------------------------------------------------------------------ summary
@@ -223,14 +230,17 @@ class BaseStrategy(Strategy):
         return [n.node_id for n in ordered]
 
     def sample_nodes(
-        self, grid: Grid, server_round: int, fraction: float, minimum: int
+        self, grid: Grid, server_round: int, fraction: float, minimum: int, attempt: int = 0
     ) -> list[int]:
-        """Sample nodes reproducibly: the same seed and round pick the same nodes."""
+        """Sample nodes reproducibly from the seed, the round and the attempt.
+
+        A retried round (too few valid updates the first time) draws a new sample.
+        """
         nodes = self._connected_nodes(grid, minimum)
         size = min(len(nodes), max(int(len(nodes) * fraction), minimum))
         if size == len(nodes):
             return nodes
-        rng = np.random.default_rng([self.seed, server_round])
+        rng = np.random.default_rng([self.seed, server_round, attempt])
         chosen = sorted(rng.choice(len(nodes), size=size, replace=False).tolist())
         return [nodes[i] for i in chosen]
 
@@ -326,7 +336,25 @@ class BaseStrategy(Strategy):
             if not np.all(np.isfinite(value)):
                 return None, f"array '{key}' contains NaN or infinity"
             arrays.append(value)
+        if self.max_update_norm > 0:
+            norm = self.update_norm(arrays)
+            if norm > self.max_update_norm:
+                return (
+                    None,
+                    f"update norm {norm:.4g} exceeds max-update-norm {self.max_update_norm:g}",
+                )
         return arrays, ""
+
+    def update_norm(self, arrays: Arrays) -> float:
+        """L2 norm of a client's change to the global model (all arrays together)."""
+        return float(
+            np.sqrt(
+                sum(
+                    np.sum((a.astype(np.float64) - g.astype(np.float64)) ** 2)
+                    for a, g in zip(arrays, self.global_arrays, strict=True)
+                )
+            )
+        )
 
     def collect_updates(self, replies: Iterable[Message]) -> list[ClientUpdate]:
         """Turn train replies into checked updates; record every rejected reply."""

@@ -48,7 +48,7 @@ def dropout_hook(rate: float, seed: int) -> ReplyHook:
 
 
 def sign_flip_hook(attackers: int, scale: float) -> ReplyHook:
-    """The first ``attackers`` partitions send ``g - scale * (w - g)`` instead of ``w``."""
+    """Make the first ``attackers`` partitions send ``g - scale * (w - g)``, not ``w``."""
 
     def hook(partition_id: int, message: Message, reply: Message) -> Message | None:
         if partition_id >= attackers or message.metadata.message_type != MessageType.TRAIN:

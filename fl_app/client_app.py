@@ -46,7 +46,13 @@ def _local_file_data(
 
 
 def client_setup(context: Context) -> ClientSetup:
-    """Parse the configs and load this node's data (cached across rounds)."""
+    """Parse the configs and load this node's data (cached across rounds).
+
+    A node's own file is split into train and validation parts with seed
+    ``seed + partition-id``, as an embedded partition is: a SuperNode given the
+    file of simulated partition ``i`` (``deploy/node_data.py``) with
+    ``partition-id = i`` trains on exactly what simulated client ``i`` does.
+    """
     config = parse_run_config(context.run_config)
     node = parse_node_config(context.node_config)
     if node.data_path is not None:
@@ -56,7 +62,7 @@ def client_setup(context: Context) -> ClientSetup:
             config.dataset,
             node.label_column,
             config.val_fraction,
-            config.seed,
+            config.seed + node.partition_id,
         )
     else:
         data = embedded_client_data(

@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer, load_digits
-from sklearn.model_selection import train_test_split
 
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
@@ -59,12 +57,20 @@ class DatasetSpec:
     load: Callable[[], tuple[np.ndarray, np.ndarray]]
 
 
+# scikit-learn (with scipy and pandas) is imported where it is used: a deployed
+# ClientApp that reads its own data file starts without it, once per message.
+
+
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     return (bunch.images / 16.0)[:, None, :, :], bunch.target
 
 
 def _load_breast_cancer() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_breast_cancer
+
     bunch = load_breast_cancer()
     return bunch.data, bunch.target
 
@@ -89,6 +95,8 @@ def server_split(dataset: str, test_fraction: float, seed: int) -> tuple[Split, 
     tuple[Split, Split]
         ``(pool, test)``.
     """
+    from sklearn.model_selection import train_test_split
+
     spec = DATASETS[dataset]
     x, y = spec.load()
     x_pool, x_test, y_pool, y_test = train_test_split(

@@ -254,27 +254,18 @@ class LocalSuperLink:
         client_cpus : int
             CPUs per ClientApp actor (parallel actors = CPUs / client_cpus).
         """
-        results_dir = Path(run_config["output-dir"])
-        if not results_dir.is_absolute():
-            raise ValueError(f"output-dir must be absolute here, got '{results_dir}'")
-        overrides = self.flwr_home / f"run-config-{time.time_ns()}.toml"
-        overrides.write_text(tomli_w.dumps(run_config))
-        command = [
-            str(venv_bin() / "flwr"),
-            "run",
-            str(stage_app(app_dir, self.flwr_home)),
+        return start_flwr_run(
+            app_dir,
             "local",
-            "--stream",
-            "--run-config",
-            str(overrides),
-            "--federation-config",
-            f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus}",
-        ]
-        log_file = (self.flwr_home / f"flwr-run-{time.time_ns()}.log").open("w+")
-        process = subprocess.Popen(
-            command, cwd=self.cwd, env=self.env(), stdout=log_file, stderr=subprocess.STDOUT
+            run_config,
+            env=self.env(),
+            cwd=self.cwd,
+            work_dir=self.flwr_home,
+            extra_args=[
+                "--federation-config",
+                f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus}",
+            ],
         )
-        return RunHandle(process, results_dir, log_file, time.monotonic())
 
     def run(
         self,
@@ -297,6 +288,82 @@ class LocalSuperLink:
             app_dir, run_config, num_supernodes=num_supernodes, client_cpus=client_cpus
         )
         return handle.wait(timeout)
+
+
+def start_flwr_run(
+    app_dir: Path,
+    connection: str,
+    run_config: dict[str, Any],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    work_dir: Path,
+    extra_args: list[str] | None = None,
+) -> RunHandle:
+    """Start ``flwr run <staged app_dir> <connection> --stream`` in the background.
+
+    Parameters
+    ----------
+    app_dir : Path
+        The Flower app; its FAB files are staged under ``work_dir`` first (see
+        :func:`stage_app`).
+    connection : str
+        The SuperLink connection in ``$FLWR_HOME/config.toml`` (``FLWR_HOME`` from ``env``).
+    run_config : dict[str, Any]
+        Run-config overrides (written to a TOML file in ``work_dir``); must contain
+        an absolute ``output-dir``.
+    env : dict[str, str]
+        Environment of the ``flwr`` command.
+    cwd : Path
+        Its working directory.
+    work_dir : Path
+        Where the staged app, the run-config file and the run's log go.
+    extra_args : list[str], optional
+        More ``flwr run`` arguments.
+    """
+    results_dir = Path(run_config["output-dir"])
+    if not results_dir.is_absolute():
+        raise ValueError(f"output-dir must be absolute here, got '{results_dir}'")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    overrides = work_dir / f"run-config-{time.time_ns()}.toml"
+    overrides.write_text(tomli_w.dumps(run_config))
+    command = [
+        str(venv_bin() / "flwr"),
+        "run",
+        str(stage_app(app_dir, work_dir)),
+        connection,
+        "--stream",
+        "--run-config",
+        str(overrides),
+        *(extra_args or []),
+    ]
+    log_file = (work_dir / f"flwr-run-{time.time_ns()}.log").open("w+")
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    return RunHandle(process, results_dir, log_file, time.monotonic())
+
+
+def run_flwr(
+    args: list[str], *, env: dict[str, str], cwd: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run ``flwr <args>`` and return it finished, whatever its exit code.
+
+    Raises
+    ------
+    SimulationError
+        If it does not finish within ``timeout`` seconds.
+    """
+    try:
+        return subprocess.run(
+            [str(venv_bin() / "flwr"), *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise SimulationError(f"flwr {args[0]} did not finish within {timeout:.0f} s") from err
 
 
 @dataclass

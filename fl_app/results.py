@@ -40,11 +40,13 @@ CSV_COLUMNS = (
 )
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, overwrite: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename.
 
     Readers see either the old or the new content, never a partial file. ``mode``
-    sets the file's permissions (0o600 for secrets).
+    sets the file's permissions (0o600 for secrets). With ``overwrite=False`` the
+    temporary file is hard-linked to ``path`` instead, which raises
+    ``FileExistsError`` if ``path`` exists: an existing file is never replaced.
     """
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -53,10 +55,12 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def create_run_directory(output_dir: str, base: Path) -> Path:

@@ -409,6 +409,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SimulationError as err:
         console.print(f"[red]a run failed:[/red] {err}")
         return 1
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted:[/yellow] finished runs are kept in {sweep.out}; run the "
+            "same command again to resume (finished settings are skipped)"
+        )
+        return 130
     write_report(rows, sweep)
     print_table(rows, console)
     console.print(f"Sweep took {time.monotonic() - started:.0f} s; report in {sweep.out}")

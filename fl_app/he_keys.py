@@ -52,7 +52,7 @@ def load_context_file(path: Path, *, secret: bool) -> ts.Context:
         kind = "secret" if secret else "public"
         raise HEError(
             f"{kind} HE context '{path}' does not exist; create the key files with "
-            "'fl-he keygen SECRET PUBLIC'"
+            "'fl-he keygen --secret SECRET --public PUBLIC'"
         )
     return _load(path, path.stat().st_mtime_ns, secret)
 

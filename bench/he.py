@@ -54,17 +54,17 @@ def _timed(function, *args):
     return value, time.perf_counter() - started
 
 
-def update_costs(context: ts.Context, arrays: list[np.ndarray], clients: int) -> dict:
+def update_costs(key: he.HEKey, arrays: list[np.ndarray], clients: int) -> dict:
     """Seconds per step and bytes of one client update, and of the server's sum."""
     params = he.DEFAULT_PARAMETERS
     flat = params.snap(np.concatenate([a.ravel().astype(np.float64) for a in arrays]) * 100.0)
     chunks = [flat[i : i + params.slots].tolist() for i in range(0, flat.size, params.slots)]
-    vectors, encrypt_s = _timed(lambda: [ts.ckks_vector(context, c) for c in chunks])
+    vectors, encrypt_s = _timed(lambda: [ts.ckks_vector(key.context, c) for c in chunks])
     blobs, serialise_s = _timed(lambda: [v.serialize() for v in vectors])
     specs = he.array_specs(arrays)
-    public = he.load_context(he.serialize_context(context, secret=False), secret=False)
+    public = he.load_key(he.serialize_key(key, secret=False), secret=False)
     total, sum_s = _timed(lambda: he.sum_ciphertexts(public, [blobs] * clients, flat.size))
-    _, decrypt_s = _timed(he.decrypt_arrays, context, total, specs, 100.0 * clients)
+    _, decrypt_s = _timed(he.decrypt_arrays, key, total, specs, 100.0 * clients)
     plain = 4 * flat.size
     ciphertext = sum(len(b) for b in blobs)
     return {
@@ -104,7 +104,7 @@ def app_rounds(clients: int, rounds: int, workdir: Path) -> dict:
     return report
 
 
-def modelled_round_1m(context: ts.Context, clients: int) -> dict:
+def modelled_round_1m(key: he.HEKey, clients: int) -> dict:
     """One round with the 1M MLP: local training plus plaintext or encrypted exchange."""
     config = RunConfig()
     torch.manual_seed(0)
@@ -127,15 +127,15 @@ def modelled_round_1m(context: ts.Context, clients: int) -> dict:
         _, seconds = _timed(np.savez, buffer, *arrays)
         plain_s += seconds
         updates.append(arrays)
-        ciphertexts, seconds = _timed(he.encrypt_arrays, context, arrays, float(len(data.train)))
+        ciphertexts, seconds = _timed(he.encrypt_arrays, key, arrays, float(len(data.train)))
         he_s += seconds
         blobs.append(ciphertexts)
     specs = he.array_specs(updates[0])
     _, seconds = _timed(weighted_average, updates, [1.0] * clients)
     plain_s += seconds
-    total, seconds = _timed(he.sum_ciphertexts, context, blobs, he.num_values(specs))
+    total, seconds = _timed(he.sum_ciphertexts, key, blobs, he.num_values(specs))
     he_s += seconds
-    _, seconds = _timed(he.decrypt_arrays, context, total, specs, 1.0)
+    _, seconds = _timed(he.decrypt_arrays, key, total, specs, 1.0)
     he_s += seconds * clients
     plain_round, he_round = train_s + plain_s, train_s + he_s
     return {
@@ -156,7 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     clients, rounds = (2, 2) if args.tiny else (args.clients, args.rounds)
     torch.set_num_threads(1)
-    context = he.generate_context()
+    key = he.generate_key()
     default = _arrays(build_model("auto", (1, 8, 8), 10))
     one_million = _arrays(MLP(64, 10, hidden=HIDDEN_1M))
     report = {
@@ -165,13 +165,13 @@ def main() -> None:
         "parameters": he.DEFAULT_PARAMETERS.__dict__,
         "load_average_1min_before": os.getloadavg()[0],
         "update": {
-            "default": update_costs(context, default, clients),
-            "1m": update_costs(context, one_million, clients),
+            "default": update_costs(key, default, clients),
+            "1m": update_costs(key, one_million, clients),
         },
     }
     with tempfile.TemporaryDirectory() as workdir:
         report["round_default_app"] = app_rounds(clients, rounds, Path(workdir))
-    report["round_1m_modelled"] = modelled_round_1m(context, clients)
+    report["round_1m_modelled"] = modelled_round_1m(key, clients)
     report["load_average_1min_after"] = os.getloadavg()[0]
 
     console = Console()

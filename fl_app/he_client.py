@@ -32,7 +32,7 @@ from fl_app.he_records import (
     is_encrypted,
     total_weight_of,
 )
-from privacy.he import array_specs, decrypt_arrays, encrypt_arrays, fingerprint
+from privacy.he import array_specs, decrypt_arrays, encrypt_arrays
 from strategies import strategy_class
 from strategies.base import METRICS_KEY, NUM_EXAMPLES_KEY, BaseStrategy
 
@@ -98,12 +98,12 @@ def encrypted_reply(
     strategy = _strategy(config)
     weight = strategy.client_weight(int(metrics[NUM_EXAMPLES_KEY]), metrics)
     payload = strategy.finish_linear([update[key].numpy() for key in update], current)
-    context = client_secret_context(node_config)
-    ciphertexts = encrypt_arrays(context, payload, weight)
+    key = client_secret_context(node_config)
+    ciphertexts = encrypt_arrays(key, payload, weight)
     return RecordDict(
         {
             UPDATE_KEY: ciphertext_record(ciphertexts),
             METRICS_KEY: MetricRecord({**metrics, WEIGHT_KEY: weight}),
-            KEY_RECORD: ConfigRecord({"fingerprint": fingerprint(context)}),
+            KEY_RECORD: ConfigRecord({"fingerprint": key.fingerprint}),
         }
     )

@@ -15,9 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import tenseal as ts
-
-from privacy.he import HEError, ensure_key_pair, load_context
+from privacy.he import HEError, HEKey, ensure_key_pair, load_key
 
 SECRET_CONTEXT_KEY = "he-secret-context"
 SECRET_FILE = "secret.ctx"
@@ -35,12 +33,12 @@ def public_context_path(configured: str) -> Path:
 
 
 @lru_cache(maxsize=4)
-def _load(path: Path, mtime_ns: int, secret: bool) -> ts.Context:
+def _load(path: Path, mtime_ns: int, secret: bool) -> HEKey:
     del mtime_ns
-    return load_context(path.read_bytes(), secret=secret, source=str(path))
+    return load_key(path.read_bytes(), secret=secret, source=str(path))
 
 
-def load_context_file(path: Path, *, secret: bool) -> ts.Context:
+def load_context_file(path: Path, *, secret: bool) -> HEKey:
     """Load a context file (cached until the file changes).
 
     Raises
@@ -57,7 +55,7 @@ def load_context_file(path: Path, *, secret: bool) -> ts.Context:
     return _load(path, path.stat().st_mtime_ns, secret)
 
 
-def client_secret_context(node_config: Mapping[str, Any]) -> ts.Context:
+def client_secret_context(node_config: Mapping[str, Any]) -> HEKey:
     """Load this client's secret context (node-config ``he-secret-context``).
 
     Without that key the default path is used, and the key pair is generated there

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tenseal as ts
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -35,7 +34,7 @@ from fl_app.he_records import (
     is_encrypted,
     total_weight_of,
 )
-from privacy.he import ArraySpec, EncryptedSum, HEError, array_specs, fingerprint, num_values
+from privacy.he import ArraySpec, EncryptedSum, HEError, HEKey, array_specs, num_values
 from privacy.he_model import EncryptedModel
 from strategies.base import NUM_EXAMPLES_KEY, BaseStrategy, RoundLog, aggregate_metrics
 from strategies.core import Arrays
@@ -102,8 +101,7 @@ class EncryptedAggregation(Strategy):
         self.public_context = public_context
         self.names = list(template)
         self.specs: list[ArraySpec] = array_specs(list(template.values()))
-        self._context: ts.Context | None = None
-        self._fingerprint = ""
+        self._key: HEKey | None = None
 
     # ----------------------------------------------------------- delegation
     @property
@@ -134,24 +132,22 @@ class EncryptedAggregation(Strategy):
         self.inner.load_state_dict(state)
 
     # ----------------------------------------------------------------- keys
-    def context(self) -> ts.Context:
+    def key(self) -> HEKey:
         """Load the public context (once); a secret context is refused."""
-        if self._context is None:
-            self._context = load_context_file(self.public_context, secret=False)
-            self._fingerprint = fingerprint(self._context)
+        if self._key is None:
+            self._key = load_context_file(self.public_context, secret=False)
             log(
                 INFO,
                 "HE: loaded public context %s (key %s)",
                 self.public_context,
-                self._fingerprint,
+                self._key.fingerprint,
             )
-        return self._context
+        return self._key
 
     def _with_key(self, arrays: ArrayRecord, config: ConfigRecord) -> ConfigRecord:
         record = ConfigRecord(dict(config))
         if is_encrypted(arrays):
-            self.context()
-            record[FINGERPRINT_KEY] = self._fingerprint
+            record[FINGERPRINT_KEY] = self.key().fingerprint
         return record
 
     # ------------------------------------------------------------- messages
@@ -180,10 +176,10 @@ class EncryptedAggregation(Strategy):
     def _add_reply(self, total: EncryptedSum, message: Message, metrics: dict[str, float]) -> float:
         """Add one reply's ciphertexts to ``total``; return its weight."""
         key = message.content.config_records.get(KEY_RECORD, ConfigRecord()).get("fingerprint")
-        if key != self._fingerprint:
+        expected = self.key().fingerprint
+        if key != expected:
             raise HEError(
-                f"update is under key {key!r}, the server's public context is key "
-                f"{self._fingerprint!r}"
+                f"update is under key {key!r}, the server's public context is key {expected!r}"
             )
         plain = {k: v for k, v in metrics.items() if k != WEIGHT_KEY}
         weight = self.inner.client_weight(int(metrics[NUM_EXAMPLES_KEY]), plain)
@@ -201,7 +197,7 @@ class EncryptedAggregation(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Add the valid encrypted updates; return the encrypted global model."""
         inner = self.inner
-        total = EncryptedSum(self.context(), num_values(self.specs))
+        total = EncryptedSum(self.key(), num_values(self.specs))
         weights: list[float] = []
         accepted: list[dict[str, float]] = []
         for message in inner._ordered(replies):
@@ -234,13 +230,12 @@ class EncryptedAggregation(Strategy):
     # ---------------------------------------------------------------- model
     def save_model(self, directory: Path, arrays: ArrayRecord) -> Path:
         """Write the encrypted global model (``fl-he decrypt-model`` turns it into model.pt)."""
-        self.context()
         model = EncryptedModel(
             names=self.names,
             specs=self.specs,
             ciphertexts=ciphertexts_of(arrays),
             total_weight=total_weight_of(arrays),
-            fingerprint=self._fingerprint,
+            fingerprint=self.key().fingerprint,
         )
         path = directory / ENCRYPTED_MODEL_FILE
         model.save(path)

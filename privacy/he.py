@@ -1,9 +1,10 @@
 """CKKS homomorphic encryption of model updates with TenSEAL, without Flower.
 
-Clients encrypt their (already weighted) updates under one shared key; whoever holds
-only the *public* context can add ciphertexts but cannot decrypt them; clients
-holding the secret context decrypt the sum. Arrays and bytes in, arrays and bytes
-out.
+Clients encrypt their (already weighted) updates under one shared secret key; whoever
+holds only the *public* context (the encryption parameters, no key at all) can add
+ciphertexts but can neither decrypt nor encrypt; clients holding the secret key
+decrypt the sum. Encryption is symmetric (only key holders encrypt), which is twice as
+fast as public-key encryption. Arrays and bytes in, arrays and bytes out.
 
 Parameters (:data:`DEFAULT_PARAMETERS`) and why
 -----------------------------------------------
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,39 +86,71 @@ DEFAULT_PARAMETERS = CKKSParameters()
 ArraySpec = tuple[tuple[int, ...], np.dtype]
 
 
-def generate_context(params: CKKSParameters = DEFAULT_PARAMETERS) -> ts.Context:
-    """Generate a new CKKS context with a fresh secret key (and no Galois keys)."""
+KEY_FORMAT = "fl-privacy-he-key/1"
+
+
+@dataclass(frozen=True)
+class HEKey:
+    """A CKKS context and the fingerprint of the secret key it belongs to.
+
+    The secret form (clients) encrypts and decrypts; the public form (server) holds
+    only the encryption parameters: it can add ciphertexts, nothing else.
+    """
+
+    context: ts.Context
+    fingerprint: str
+
+    def is_private(self) -> bool:
+        """Tell whether this key holds the secret key."""
+        return bool(self.context.is_private())
+
+
+def _secret_fingerprint(context: ts.Context) -> str:
+    data = context.serialize(
+        save_public_key=False, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
+    )
+    return hashlib.sha256(KEY_FORMAT.encode() + data).hexdigest()[:32]
+
+
+def generate_key(params: CKKSParameters = DEFAULT_PARAMETERS) -> HEKey:
+    """Generate a new secret key (symmetric CKKS; no public, Galois or relin keys).
+
+    Only clients encrypt, and they hold the secret key, so symmetric encryption is
+    used: it is twice as fast as public-key encryption and leaves the server's
+    context with nothing but the parameters.
+    """
     context = ts.context(
         ts.SCHEME_TYPE.CKKS,
         poly_modulus_degree=params.poly_modulus_degree,
         coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+        encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
     )
     context.global_scale = 2.0**params.scale_bits
-    return context
+    return HEKey(context, _secret_fingerprint(context))
 
 
-def serialize_context(context: ts.Context, *, secret: bool) -> bytes:
-    """Serialise a context: with the secret key (clients) or without it (server).
+def serialize_key(key: HEKey, *, secret: bool) -> bytes:
+    """Serialise a key: with the secret key (clients) or without it (server).
 
+    A one-line JSON header (format, kind, fingerprint) precedes TenSEAL's bytes.
     Neither form holds Galois or relinearisation keys: summation needs none.
     """
-    if secret and not context.is_private():
+    if secret and not key.is_private():
         raise HEError("this context has no secret key to save")
-    return context.serialize(
-        save_public_key=True,
-        save_secret_key=secret,
-        save_galois_keys=False,
-        save_relin_keys=False,
+    header = {"format": KEY_FORMAT, "secret": secret, "fingerprint": key.fingerprint}
+    data = key.context.serialize(
+        save_public_key=False, save_secret_key=secret, save_galois_keys=False, save_relin_keys=False
     )
+    return json.dumps(header).encode() + b"\n" + data
 
 
-def load_context(data: bytes, *, secret: bool, source: str = "context") -> ts.Context:
-    """Load a serialised context, checking that it is the kind expected.
+def load_key(data: bytes, *, secret: bool, source: str = "context") -> HEKey:
+    """Load a serialised key, checking that it is the kind expected.
 
     Parameters
     ----------
     data : bytes
-        What :func:`serialize_context` produced.
+        What :func:`serialize_key` produced.
     secret : bool
         True if a secret context is expected (clients), False for a public one
         (server): loading a secret context where a public one belongs is refused.
@@ -126,22 +160,23 @@ def load_context(data: bytes, *, secret: bool, source: str = "context") -> ts.Co
     Raises
     ------
     HEError
-        If the bytes are not a CKKS context, or of the other kind.
+        If the bytes are not a key file, or of the other kind.
     """
+    head, _, body = data.partition(b"\n")
     try:
-        context = ts.context_from(data)
+        header = json.loads(head)
+        if header.get("format") != KEY_FORMAT:
+            raise ValueError(f"format {header.get('format')!r}, expected {KEY_FORMAT!r}")
+        context = ts.context_from(body)
     except Exception as err:
-        raise HEError(f"{source} is not a TenSEAL context: {err}") from err
+        raise HEError(f"{source} is not an HE key file: {err}") from err
     if secret and not context.is_private():
         raise HEError(f"{source} is a public context; the clients need the secret one")
     if not secret and context.is_private():
         raise HEError(f"{source} holds the secret key; the server must only get the public context")
-    return context
-
-
-def fingerprint(context: ts.Context) -> str:
-    """Return an identifier of the key (SHA-256 of the public context, 32 hex digits)."""
-    return hashlib.sha256(serialize_context(context, secret=False)).hexdigest()[:32]
+    if secret and header.get("fingerprint") != _secret_fingerprint(context):
+        raise HEError(f"{source}: the fingerprint in its header does not match its key")
+    return HEKey(context, str(header.get("fingerprint", "")))
 
 
 def write_key_pair(
@@ -162,14 +197,14 @@ def write_key_pair(
     for path in (secret_path, public_path):
         if path.exists():
             raise FileExistsError(f"{path} exists; key files are never overwritten")
-    context = generate_context(params)
-    write_new_file(secret_path, serialize_context(context, secret=True))
-    write_new_file(public_path, serialize_context(context, secret=False))
-    return fingerprint(context)
+    key = generate_key(params)
+    write_new_file(secret_path, serialize_key(key, secret=True))
+    write_new_file(public_path, serialize_key(key, secret=False))
+    return key.fingerprint
 
 
-def ensure_key_pair(secret_path: Path, public_path: Path) -> ts.Context:
-    """Load the secret context, generating the key pair first if neither file exists.
+def ensure_key_pair(secret_path: Path, public_path: Path) -> HEKey:
+    """Load the secret key, generating the key pair first if neither file exists.
 
     Safe when several processes call it at once: the first to create the secret
     file wins, the others load it; the public file is derived from the secret one
@@ -187,9 +222,9 @@ def ensure_key_pair(secret_path: Path, public_path: Path) -> ts.Context:
                 "context or move the public one away to generate a new key pair"
             )
         with contextlib.suppress(FileExistsError):
-            write_new_file(secret_path, serialize_context(generate_context(), secret=True))
-    context = load_context(secret_path.read_bytes(), secret=True, source=str(secret_path))
-    public = serialize_context(context, secret=False)
+            write_new_file(secret_path, serialize_key(generate_key(), secret=True))
+    key = load_key(secret_path.read_bytes(), secret=True, source=str(secret_path))
+    public = serialize_key(key, secret=False)
     try:
         write_new_file(public_path, public)
     except FileExistsError:
@@ -197,7 +232,7 @@ def ensure_key_pair(secret_path: Path, public_path: Path) -> ts.Context:
             raise HEError(
                 f"{public_path} holds another key than {secret_path}; move one of them away"
             ) from None
-    return context
+    return key
 
 
 def array_specs(arrays: Sequence[np.ndarray]) -> list[ArraySpec]:
@@ -221,7 +256,7 @@ def _chunk_sizes(values: int, params: CKKSParameters) -> list[int]:
 
 
 def encrypt_arrays(
-    context: ts.Context,
+    key: HEKey,
     arrays: Sequence[np.ndarray],
     weight: float = 1.0,
     params: CKKSParameters = DEFAULT_PARAMETERS,
@@ -253,7 +288,7 @@ def encrypt_arrays(
     ciphertexts = []
     start = 0
     for size in _chunk_sizes(flat.size, params):
-        vector = ts.ckks_vector(context, flat[start : start + size].tolist())
+        vector = ts.ckks_vector(key.context, flat[start : start + size].tolist())
         ciphertexts.append(vector.serialize())
         start += size
     return ciphertexts
@@ -282,8 +317,8 @@ class EncryptedSum:
 
     Parameters
     ----------
-    context : ts.Context
-        The public (or secret) context the updates were encrypted under.
+    key : HEKey
+        The public (or secret) key the updates were encrypted under.
     values : int
         Scalars per update (see :func:`num_values`).
     params : CKKSParameters
@@ -291,9 +326,9 @@ class EncryptedSum:
     """
 
     def __init__(
-        self, context: ts.Context, values: int, params: CKKSParameters = DEFAULT_PARAMETERS
+        self, key: HEKey, values: int, params: CKKSParameters = DEFAULT_PARAMETERS
     ) -> None:
-        self.context = context
+        self.key = key
         self.values = values
         self.params = params
         self.count = 0
@@ -308,7 +343,7 @@ class EncryptedSum:
             For a wrong number of ciphertexts, unreadable bytes, a wrong value count,
             or ciphertexts that cannot be added (other parameters or scale).
         """
-        vectors = _load_vectors(self.context, ciphertexts, self.values, self.params)
+        vectors = _load_vectors(self.key.context, ciphertexts, self.values, self.params)
         if self._vectors is not None:
             try:
                 vectors = [a + b for a, b in zip(self._vectors, vectors, strict=True)]
@@ -325,20 +360,20 @@ class EncryptedSum:
 
 
 def sum_ciphertexts(
-    context: ts.Context,
+    key: HEKey,
     updates: Sequence[Sequence[bytes]],
     values: int,
     params: CKKSParameters = DEFAULT_PARAMETERS,
 ) -> list[bytes]:
     """Return the encrypted sum of several encrypted updates (public context suffices)."""
-    total = EncryptedSum(context, values, params)
+    total = EncryptedSum(key, values, params)
     for update in updates:
         total.add(update)
     return total.ciphertexts()
 
 
 def decrypt_arrays(
-    context: ts.Context,
+    key: HEKey,
     ciphertexts: Sequence[bytes],
     specs: Sequence[ArraySpec],
     divisor: float = 1.0,
@@ -355,16 +390,16 @@ def decrypt_arrays(
         If the context has no secret key, ``expected_fingerprint`` names another
         key, the divisor is not positive, or the ciphertexts do not match ``specs``.
     """
-    if not context.is_private():
+    if not key.is_private():
         raise HEError("decryption needs the secret context")
-    if expected_fingerprint and expected_fingerprint != fingerprint(context):
+    if expected_fingerprint and expected_fingerprint != key.fingerprint:
         raise HEError(
             f"the ciphertexts are under key {expected_fingerprint}, the secret context "
-            f"holds key {fingerprint(context)}"
+            f"holds key {key.fingerprint}"
         )
     if not (divisor > 0 and np.isfinite(divisor)):
         raise HEError(f"divisor must be a finite number > 0, got {divisor!r}")
-    vectors = _load_vectors(context, ciphertexts, num_values(specs), params)
+    vectors = _load_vectors(key.context, ciphertexts, num_values(specs), params)
     decrypted = np.concatenate([np.asarray(v.decrypt(), dtype=np.float64) for v in vectors])
     flat = params.snap(decrypted) / divisor
     arrays = []

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tenseal as ts
 
 from privacy.files import write_new_file
-from privacy.he import ArraySpec, HEError, decrypt_arrays
+from privacy.he import ArraySpec, HEError, HEKey, decrypt_arrays
 
 FORMAT = "fl-privacy-he-model/1"
 _HEADER = "header"
@@ -78,10 +77,10 @@ class EncryptedModel:
             fingerprint=str(header["fingerprint"]),
         )
 
-    def decrypt(self, context: ts.Context) -> dict[str, np.ndarray]:
-        """Decrypt with the secret context; return the arrays by name."""
+    def decrypt(self, key: HEKey) -> dict[str, np.ndarray]:
+        """Decrypt with the secret key; return the arrays by name."""
         arrays = decrypt_arrays(
-            context, self.ciphertexts, self.specs, self.total_weight, self.fingerprint
+            key, self.ciphertexts, self.specs, self.total_weight, self.fingerprint
         )
         return dict(zip(self.names, arrays, strict=True))
 

@@ -28,7 +28,7 @@ MODEL_VALUES = sum(v.numel() for v in build_model("auto", (1, 8, 8), 10).state_d
 
 @pytest.fixture(scope="module")
 def context():
-    return he.generate_context()
+    return he.generate_key()
 
 
 @pytest.fixture
@@ -45,14 +45,14 @@ def _updates(count, seed=0):
 
 @pytest.mark.parametrize("clients", [2, 10])
 def test_decrypted_aggregate_equals_plaintext_aggregate(context, clients):
-    public = he.load_context(he.serialize_context(context, secret=False), secret=False)
+    public = he.load_key(he.serialize_key(context, secret=False), secret=False)
     updates = _updates(clients)
     weights = [float(w) for w in np.random.default_rng(1).integers(1, 400, clients)]
     specs = he.array_specs(updates[0])
     encrypted = [he.encrypt_arrays(context, u, w) for u, w in zip(updates, weights, strict=True)]
     assert len(encrypted[0]) == he.num_ciphertexts(he.num_values(specs)) == 3
     total = he.sum_ciphertexts(public, encrypted, he.num_values(specs))
-    result = he.decrypt_arrays(context, total, specs, sum(weights), he.fingerprint(public))
+    result = he.decrypt_arrays(context, total, specs, sum(weights), public.fingerprint)
     for position, array in enumerate(result):
         expected = sum(
             w * u[position].astype(np.float64) for u, w in zip(updates, weights, strict=True)
@@ -79,15 +79,15 @@ def test_sums_are_exact_on_the_fixed_point_grid(context):
 
 
 def test_public_context_cannot_decrypt_and_secret_is_refused_as_public(context):
-    public_bytes = he.serialize_context(context, secret=False)
-    public = he.load_context(public_bytes, secret=False)
+    public_bytes = he.serialize_key(context, secret=False)
+    public = he.load_key(public_bytes, secret=False)
     assert not public.is_private()
     with pytest.raises(he.HEError, match="secret context"):
         he.decrypt_arrays(public, he.encrypt_arrays(context, [np.ones(3)]), [((3,), np.float64)])
     with pytest.raises(he.HEError, match="must only get the public context"):
-        he.load_context(he.serialize_context(context, secret=True), secret=False)
+        he.load_key(he.serialize_key(context, secret=True), secret=False)
     with pytest.raises(he.HEError, match="is a public context"):
-        he.load_context(public_bytes, secret=True)
+        he.load_key(public_bytes, secret=True)
 
 
 def test_bad_ciphertexts_are_rejected_and_leave_the_sum_unchanged(context):
@@ -100,7 +100,7 @@ def test_bad_ciphertexts_are_rejected_and_leave_the_sum_unchanged(context):
         total.add(good[:2])
     with pytest.raises(he.HEError, match="ciphertext 1 cannot be read"):
         total.add([good[0], good[1][:500], good[2]])
-    other = he.generate_context(he.CKKSParameters(8192, (60, 40, 60), 40))
+    other = he.generate_key(he.CKKSParameters(8192, (60, 40, 60), 40))
     with pytest.raises(he.HEError):
         total.add(he.encrypt_arrays(other, _updates(1)[0]))
     assert total.count == 1
@@ -108,14 +108,14 @@ def test_bad_ciphertexts_are_rejected_and_leave_the_sum_unchanged(context):
 
 
 def test_another_key_is_detected_by_fingerprint(context):
-    other = he.generate_context()
-    assert he.fingerprint(other) != he.fingerprint(context)
+    other = he.generate_key()
+    assert other.fingerprint != context.fingerprint
     with pytest.raises(he.HEError, match="under key"):
         he.decrypt_arrays(
             context,
             he.encrypt_arrays(other, [np.ones(3)]),
             [((3,), np.float64)],
-            expected_fingerprint=he.fingerprint(other),
+            expected_fingerprint=other.fingerprint,
         )
 
 
@@ -257,7 +257,7 @@ def test_he_run_matches_plaintext_and_server_holds_only_public_context(
 
 
 def _corrupt_round_2(kind):
-    other = he.generate_context()
+    other = he.generate_key()
 
     def hook(partition, message: Message, reply: Message):
         round_2 = message.content["config"]["server-round"] == 2
@@ -271,7 +271,7 @@ def _corrupt_round_2(kind):
             ciphertexts = ciphertexts[:-1]
         else:
             ciphertexts = he.encrypt_arrays(other, [np.zeros(MODEL_VALUES)])
-            reply.content[KEY_RECORD] = ConfigRecord({"fingerprint": he.fingerprint(other)})
+            reply.content[KEY_RECORD] = ConfigRecord({"fingerprint": other.fingerprint})
         reply.content[UPDATE_KEY] = ciphertext_record(ciphertexts)
         return reply
 

@@ -87,8 +87,9 @@ class EncryptedAggregation(Strategy):
     inner : BaseStrategy
         The linear strategy (sampling, messages, weights, metrics).
     public_context : Path
-        The server's public context file; loaded when first needed (in simulation
-        the clients create the key files in round 1).
+        The server's public context file: loaded now if it exists (a secret context
+        is refused at start-up), else when first needed (in simulation the clients
+        create the key files in round 1).
     template : dict[str, np.ndarray]
         The global model's arrays by name (shapes and dtypes of the packing).
     """
@@ -102,6 +103,8 @@ class EncryptedAggregation(Strategy):
         self.names = list(template)
         self.specs: list[ArraySpec] = array_specs(list(template.values()))
         self._key: HEKey | None = None
+        if public_context.exists():
+            self.key()
 
     # ----------------------------------------------------------- delegation
     @property

@@ -7,9 +7,9 @@ from multiprocessing import get_context
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
-from fl_app import he_server
+from fl_app import he_client, he_server
 from fl_app.config import ConfigError, RunConfig, _cross_field_errors, parse_run_config
 from fl_app.he_cli import main as fl_he
 from fl_app.he_keys import default_key_dir, load_context_file
@@ -297,3 +297,69 @@ def test_bad_encrypted_update_is_left_out_naming_the_client(tmp_path, flwr_home,
     assert "encrypted update rejected" in failures[0]["reason"] and reason in failures[0]["reason"]
     assert results["rounds"][1]["aggregated"] is True
     assert results["rounds"][0]["failures"] == []
+
+
+class _StepSGD(FedAvg):
+    name = "test-sgd"
+
+    def finish_linear(self, mean, current):
+        return [c - 0.5 * m for m, c in zip(mean, current, strict=True)]
+
+
+def test_client_side_finishing_equals_finish_linear_of_the_mean(flwr_home, monkeypatch):
+    strategy = _StepSGD.from_run_config(RunConfig())
+    monkeypatch.setattr(he_client, "_strategy", lambda config: strategy)
+    current = [np.full((4, 3), 2.0, dtype=np.float32), np.arange(5, dtype=np.float32)]
+    gradients = [[np.full((4, 3), 0.1 * k, np.float32), np.ones(5, np.float32) * k] for k in (1, 3)]
+    examples = [30, 10]
+    replies = [
+        he_client.encrypted_reply(
+            ArrayRecord({"w": Array(g[0]), "b": Array(g[1])}),
+            current,
+            {"num-examples": n},
+            RunConfig(he=True),
+            {},
+        )
+        for g, n in zip(gradients, examples, strict=True)
+    ]
+    public = load_context_file(flwr_home / "he" / "public.ctx", secret=False)
+    total = he.EncryptedSum(public, 17)
+    for reply in replies:
+        assert reply.metric_records["metrics"]["he-weight"] in (30.0, 10.0)
+        total.add(ciphertexts_of(reply.array_records[UPDATE_KEY]))
+    record = ciphertext_record(total.ciphertexts(), float(sum(examples)))
+    config = ConfigRecord({"he-fingerprint": public.fingerprint})
+    template = {"w": torch.zeros(4, 3), "b": torch.zeros(5)}
+    state = he_client.received_state_dict(record, config, template, {})
+    mean = [(30 * a + 10 * b) / 40 for a, b in zip(*gradients, strict=True)]
+    for name, expected in zip(template, strategy.finish_linear(mean, current), strict=True):
+        assert np.max(np.abs(state[name].numpy() - expected)) < 1e-5
+
+
+def test_he_run_resumes_to_identical_encrypted_weights(tmp_path, flwr_home):
+    full = run_server_app_in_process(tmp_path / "full", {"num-server-rounds": 2, "he": True})
+    run_server_app_in_process(tmp_path / "part", {"num-server-rounds": 1, "he": True})
+    resumed = run_server_app_in_process(
+        tmp_path / "resumed",
+        {"num-server-rounds": 2, "he": True, "resume-from": str(tmp_path / "part")},
+    )
+    assert resumed["resumed_from"]["round"] == 1
+    assert resumed["final"]["accuracy"] == full["final"]["accuracy"]
+    key = load_context_file(flwr_home / "he" / "secret.ctx", secret=True)
+    a, b = (
+        EncryptedModel.from_bytes(
+            (tmp_path / d / he_server.ENCRYPTED_MODEL_FILE).read_bytes()
+        ).decrypt(key)
+        for d in ("full", "resumed")
+    )
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_server_refuses_a_secret_context_at_start_up(tmp_path):
+    secret, public = tmp_path / "secret.ctx", tmp_path / "public.ctx"
+    he.write_key_pair(secret, public)
+    template = {"w": np.zeros((3, 2), dtype=np.float32)}
+    strategy = FedAvg.from_run_config(RunConfig())
+    with pytest.raises(he.HEError, match="must only get the public context"):
+        he_server.EncryptedAggregation(strategy, secret, template)
+    assert not he_server.EncryptedAggregation(strategy, public, template).key().is_private()

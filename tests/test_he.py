@@ -363,3 +363,20 @@ def test_server_refuses_a_secret_context_at_start_up(tmp_path):
     with pytest.raises(he.HEError, match="must only get the public context"):
         he_server.EncryptedAggregation(strategy, secret, template)
     assert not he_server.EncryptedAggregation(strategy, public, template).key().is_private()
+
+
+def test_too_few_valid_encrypted_updates_stop_the_run_cleanly(tmp_path, flwr_home):
+    corrupt = _corrupt_round_2("other-key")
+
+    def every_client(partition, message, reply):
+        return corrupt(1, message, reply) if partition > 0 else reply
+
+    results = run_server_app_in_process(
+        tmp_path / "run",
+        {"num-server-rounds": 3, "he": True, "max-round-retries": 0},
+        reply_hook=every_client,
+    )
+    assert results["status"] == "stopped-too-few-updates"
+    assert results["final"]["rounds_completed"] == 2
+    assert [f["node"] for f in results["rounds"][1]["failures"]] == [1017, 1034]
+    assert (tmp_path / "run" / he_server.ENCRYPTED_MODEL_FILE).is_file()

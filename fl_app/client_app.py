@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 
 from fl_app.config import NodeConfig, RunConfig, parse_node_config, parse_run_config
 from fl_app.data import DATASETS, ClientData, embedded_client_data, load_local_file, split_train_val
+from fl_app.he_client import encrypted_reply, model_arrays, received_state_dict
 from fl_app.model import build_model
 from fl_app.task import evaluate, full_batch_gradient, train
 from strategies.base import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
@@ -79,10 +80,17 @@ def client_setup(context: Context) -> ClientSetup:
     return ClientSetup(config, node, data)
 
 
-def _model_from(message: Message, config: RunConfig) -> torch.nn.Module:
-    spec = DATASETS[config.dataset]
-    model = build_model(config.model, spec.input_shape, spec.num_classes)
-    model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict(), strict=True)
+def _model_from(message: Message, setup: ClientSetup, context: Context) -> torch.nn.Module:
+    """Build the global model a message carries (decrypting it under HE)."""
+    spec = DATASETS[setup.config.dataset]
+    model = build_model(setup.config.model, spec.input_shape, spec.num_classes)
+    state = received_state_dict(
+        message.content[ARRAYS_KEY],
+        message.content.config_records.get(CONFIG_KEY, ConfigRecord()),
+        model.state_dict(),
+        context.node_config,
+    )
+    model.load_state_dict(state, strict=True)
     return model
 
 
@@ -124,7 +132,8 @@ def train_handler(msg: Message, context: Context) -> Message:
     setup = client_setup(context)
     data = setup.data
     round_config = msg.content[CONFIG_KEY]
-    model = _model_from(msg, setup.config)
+    model = _model_from(msg, setup, context)
+    received = model_arrays(model) if setup.config.he else []
     eval_loss, eval_accuracy = evaluate(model, data.val)
     metrics: dict[str, float | int] = {
         NUM_EXAMPLES_KEY: len(data.train),
@@ -139,7 +148,10 @@ def train_handler(msg: Message, context: Context) -> Message:
     else:
         metrics.update(train_locally(model, setup, round_config))
         arrays = ArrayRecord(model.state_dict())
-    content = RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord(metrics)})
+    if setup.config.he:
+        content = encrypted_reply(arrays, received, metrics, setup.config, context.node_config)
+    else:
+        content = RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 
@@ -148,7 +160,7 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local validation split."""
     torch.set_num_threads(1)
     setup = client_setup(context)
-    model = _model_from(msg, setup.config)
+    model = _model_from(msg, setup, context)
     loss, accuracy = evaluate(model, setup.data.val)
     metrics = MetricRecord(
         {"loss": loss, "accuracy": accuracy, NUM_EXAMPLES_KEY: len(setup.data.val)}

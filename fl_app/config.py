@@ -88,6 +88,11 @@ class RunConfig:
     strategy: str = _option("fedavg", *_one_of(STRATEGIES))
     fraction_train: float = _option(1.0, _fraction, "a number in (0, 1]")
     min_train_nodes: int = _option(2, _at_least(1), "an integer >= 1")
+    # --- homomorphic encryption ---
+    he: bool = _option(False, None, "true or false")
+    he_public_context: str = _option(
+        "", None, "a path to the public HE context ('' = $FLWR_HOME/he/public.ctx)"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config with its kebab-case run-config keys."""
@@ -199,6 +204,27 @@ def _cross_field_errors(config: RunConfig) -> list[str]:
         errors.append(
             f"run-config key 'model' = 'cnn' is invalid for dataset '{config.dataset}': "
             "a CNN needs image-shaped data; use 'mlp' or 'auto'"
+        )
+    errors += _he_errors(config)
+    return errors
+
+
+def _he_errors(config: RunConfig) -> list[str]:
+    """Return why ``he = true`` cannot work with the rest of the config, if it cannot."""
+    if not config.he:
+        return []
+    errors = []
+    if not STRATEGIES[config.strategy].linear:
+        errors.append(
+            f"run-config key 'strategy' = '{config.strategy}' cannot be used with he = true: "
+            "homomorphic encryption needs a linear aggregation (a weighted sum of the "
+            "updates); use one of "
+            + ", ".join(repr(name) for name, cls in STRATEGIES.items() if cls.linear)
+        )
+    if config.max_update_norm > 0:
+        errors.append(
+            f"run-config key 'max-update-norm' = {config.max_update_norm:g} cannot be used "
+            "with he = true: the server cannot see the norm of an encrypted update; set it to 0"
         )
     return errors
 

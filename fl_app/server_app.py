@@ -24,6 +24,9 @@ from fl_app.checkpoint import (
 )
 from fl_app.config import ConfigError, RunConfig, parse_run_config
 from fl_app.data import DATASETS, server_split
+from fl_app.he_keys import public_context_path
+from fl_app.he_records import is_encrypted
+from fl_app.he_server import EncryptedAggregation
 from fl_app.model import build_model, resolve_model_kind
 from fl_app.results import RunResults, create_run_directory
 from fl_app.task import evaluate
@@ -91,6 +94,12 @@ def main(grid: Grid, context: Context) -> None:
     torch.set_num_threads(1)
     strategy = strategy_class(config.strategy).from_run_config(config)
     model = initial_model(config)
+    if config.he:
+        strategy = EncryptedAggregation(
+            strategy,
+            public_context_path(config.he_public_context),
+            {k: v.numpy() for k, v in model.state_dict().items()},
+        )
     directory = create_run_directory(config.output_dir, Path.cwd())
     log(INFO, "Results directory: %s", directory)
     spec = DATASETS[config.dataset]
@@ -149,13 +158,16 @@ def main(grid: Grid, context: Context) -> None:
             config.max_round_retries,
         ),
         results,
-        make_server_evaluate(config),
+        None if config.he else make_server_evaluate(config),
     )
     final_arrays, status = loop.run(
         arrays, ConfigRecord({"ledger-id": ledger_id}), start_round, save_round
     )
-    model.load_state_dict(final_arrays.to_torch_state_dict(), strict=True)
-    results.save_model(model.state_dict())
+    if is_encrypted(final_arrays):
+        log(INFO, "Encrypted final model: %s", strategy.save_model(directory, final_arrays))
+    else:
+        model.load_state_dict(final_arrays.to_torch_state_dict(), strict=True)
+        results.save_model(model.state_dict())
     results.finish(status, _final_summary(results, status, time.monotonic() - started))
     results.save_plot()
     log(INFO, "Final: %s", results.data["final"])

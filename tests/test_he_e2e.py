@@ -1,0 +1,33 @@
+"""End-to-end: ``flwr run`` with ``he = true`` on a private local SuperLink."""
+
+import os
+import stat
+
+import pytest
+
+from fl_app.he_server import ENCRYPTED_MODEL_FILE
+from tests.conftest import APP_DIR
+
+pytestmark = pytest.mark.integration
+
+
+def test_flwr_run_with_he_keeps_the_model_encrypted(superlink, tmp_path):
+    out = tmp_path / "he-run"
+    outcome = superlink.run(
+        APP_DIR,
+        {"output-dir": str(out), "num-server-rounds": 2, "he": True},
+        num_supernodes=3,
+    )
+    results = outcome.results
+    assert results["status"] == "completed"
+    assert results["final"]["accuracy_source"] == "federated-validation"
+    assert results["final"]["accuracy"] == results["rounds"][-1]["evaluate"]["accuracy"] > 0.3
+    for record in results["rounds"]:
+        assert record["failures"] == [] and record["aggregated"]
+        assert record["server"] == {}
+        assert record["bytes_up"] > 3 * 5 * 150_000
+    assert (out / ENCRYPTED_MODEL_FILE).stat().st_size > 1_000_000
+    assert not (out / "model.pt").exists()
+    keys = superlink.flwr_home / "he"
+    assert sorted(os.listdir(keys)) == ["public.ctx", "secret.ctx"]
+    assert stat.S_IMODE((keys / "secret.ctx").stat().st_mode) == 0o600

@@ -2,16 +2,13 @@
 
 One federation (free port, its own FLWR_HOME under a temporary directory) serves
 every test in this module; at the end every process it started, with the
-processes those started, must be gone.
+processes those started, must be gone. Every SuperNode holds the clients' secret HE
+context (node-config ``he-secret-context``); the SuperLink's ServerApp gets only the
+public one (run-config ``he-public-context``).
 
-To deploy another configuration, add an entry to ``DEPLOYED_RUNS`` and, if its
-ClientApp needs a node-config key, to ``EXTRA_NODE_CONFIG`` (every SuperNode is
-started with it). An entry's second value says whether the run must give the same
-server accuracies as the same run in process (``InProcessGrid``, no node config
-beyond the partition). Homomorphic encryption, once merged, is one entry of each::
-
-    EXTRA_NODE_CONFIG = {"he-secret-context": str(<clients' secret context file>)}
-    pytest.param({"strategy": "<he strategy>", ...}, False, id="he")
+An entry of ``DEPLOYED_RUNS`` is one deployed run; its second value says whether the
+run must give the same server accuracies as the same run in process
+(``InProcessGrid``, no node config beyond the partition).
 """
 
 from collections.abc import Iterator
@@ -27,14 +24,19 @@ from deploy.nodes import SuperNodeSpec, default_names, prepare_supernodes
 from deploy.tls import ensure_tls
 from fl_app.client_app import client_setup
 from fl_app.config import RunConfig, parse_run_config
+from fl_app.he_cli import decrypt_model, keygen
+from fl_app.he_keys import PUBLIC_FILE, SECRET_FILE
+from fl_app.he_server import ENCRYPTED_MODEL_FILE
 from fl_app.model import build_model
 from tests.conftest import APP_DIR
 from tests.test_training_loop import run_loop
 
 pytestmark = pytest.mark.integration
 
-EXTRA_NODE_CONFIG: dict[str, str] = {}
-DEPLOYED_RUNS = [pytest.param({"strategy": "fedavg"}, True, id="fedavg")]
+DEPLOYED_RUNS = [
+    pytest.param({"strategy": "fedavg"}, True, id="fedavg"),
+    pytest.param({"strategy": "fedavg", "he": True}, False, id="he"),
+]
 
 
 def _process_tree(federation: Federation) -> list[psutil.Process]:
@@ -62,8 +64,12 @@ def _alive(process: psutil.Process) -> bool:
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     directory = tmp_path_factory.mktemp("deployment")
     tls = ensure_tls(directory)
+    keygen(directory / "he" / SECRET_FILE, directory / "he" / PUBLIC_FILE)
     specs = prepare_supernodes(
-        directory, default_names(2), RunConfig(), extra_node_config=EXTRA_NODE_CONFIG
+        directory,
+        default_names(2),
+        RunConfig(),
+        extra_node_config={"he-secret-context": str(directory / "he" / SECRET_FILE)},
     )
     with Federation(directory, tls) as running:
         running.start(specs)
@@ -80,6 +86,8 @@ def test_deployed_run_trains_each_node_on_its_own_file(
 ):
     out = tmp_path / "run"
     config = {"num-server-rounds": 2, "output-dir": str(out), **run_config}
+    if run_config.get("he"):
+        config["he-public-context"] = str(federation.directory / "he" / PUBLIC_FILE)
     outcome = federation.run(APP_DIR, config, timeout=600)
     results = outcome.results
     assert results["status"] == "completed"
@@ -98,6 +106,13 @@ def test_deployed_run_trains_each_node_on_its_own_file(
     assert results["final"]["rounds_completed"] == 2
     assert results["final"]["accuracy"] > 0.5
     assert results["rounds"][-1]["evaluate"]["num-examples"] > 0
+    if run_config.get("he"):
+        assert results["final"]["accuracy_source"] == "federated-validation"
+        assert all(r["server"] == {} for r in results["rounds"])
+        assert not (out / "model.pt").exists()
+        decrypt_model(
+            out / ENCRYPTED_MODEL_FILE, federation.directory / "he" / SECRET_FILE, out / "model.pt"
+        )
     build_model("auto", (1, 8, 8), 10).load_state_dict(torch.load(out / "model.pt"), strict=True)
     if same_as_in_process:
         (tmp_path / "in-process").mkdir()

@@ -13,13 +13,21 @@ from fl_app.inprocess_grid import ReplyHook
 
 
 def dropout_hook(rate: float, seed: int) -> ReplyHook:
-    """Each client independently fails to answer with probability ``rate`` per round."""
+    """Each client independently fails to answer with probability ``rate`` per round.
+
+    A retried round (too few updates the first time) draws again: a retry is a new
+    chance for every client to answer.
+    """
+    asked: dict[tuple[int, int], int] = {}
 
     def hook(partition_id: int, message: Message, reply: Message) -> Message | None:
         if message.metadata.message_type != MessageType.TRAIN:
             return reply
         server_round = int(message.content["config"]["server-round"])
-        draw = np.random.default_rng([seed, server_round, partition_id]).random()
+        attempt = asked.get((server_round, partition_id), 0)
+        asked[(server_round, partition_id)] = attempt + 1
+        key = [seed, server_round, partition_id] + ([attempt] if attempt else [])
+        draw = np.random.default_rng(key).random()
         return None if draw < rate else reply
 
     return hook

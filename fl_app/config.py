@@ -98,7 +98,7 @@ class RunConfig:
         lambda v: v >= 0 and math.isfinite(v),
         "a number >= 0 (0 = the strategy's default)",
     )
-    server_momentum: float = _option(0.9, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+    server_momentum: float = _option(0.5, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
     beta_1: float = _option(0.9, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
     beta_2: float = _option(0.99, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
     tau: float = _option(1e-3, _positive, "a number > 0")

@@ -30,7 +30,7 @@ class FedAvgM(BaseStrategy):
     default_server_learning_rate: ClassVar[float] = 1.0
 
     def __init__(
-        self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.9, **kwargs: Any
+        self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.5, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.optimizer = ServerMomentum(server_learning_rate, server_momentum)

@@ -147,3 +147,18 @@ def test_every_aggregation_keeps_shape_and_dtype_and_is_finite(shape, dtype):
     ]
     for (out,) in results:
         assert out.shape == shape and out.dtype == dtype and np.all(np.isfinite(out))
+
+
+def test_every_aggregation_of_one_client_is_that_client():
+    assert krum_select([A], 2, 1) == [0]
+    for out in (weighted_average([A], [0.5]), coordinate_median([A]), trimmed_mean([A], 0.3)):
+        for got, want in zip(out, A, strict=True):
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+
+
+def test_mismatched_shapes_and_no_updates_are_errors():
+    with pytest.raises(ValueError, match="update 1 has array shapes"):
+        coordinate_median([A, [A[0], np.zeros(4)]])
+    with pytest.raises(ValueError, match="zero updates"):
+        trimmed_mean([], 0.1)

@@ -9,6 +9,8 @@ by any run-config flag.
 
     python bench/reliability.py            # full: 10 clients x 20 rounds
     python bench/reliability.py --tiny     # 4 clients x 2 rounds (used by the tests)
+
+Writes ``bench/results/reliability.json`` and ``reliability.md`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -66,6 +68,28 @@ def run_case(strategy: str, scenario: str, clients: int, rounds: int, workdir: P
     }
 
 
+def markdown(report: dict) -> str:
+    """Return the report's accuracy table as markdown."""
+    lines = [
+        "| strategy | " + " | ".join(SCENARIOS) + " |",
+        "|---|" + "---|" * len(SCENARIOS),
+    ]
+    for strategy in STRATEGIES:
+        row = {c["scenario"]: c for c in report["cases"] if c["strategy"] == strategy}
+        cells = []
+        for scenario in SCENARIOS:
+            case = row[scenario]
+            stopped = "" if case["status"] == "completed" else f" ({case['status']})"
+            cells.append(f"{case['final_accuracy']:.4f}{stopped}")
+        lines.append(f"| `{strategy}` | " + " | ".join(cells) + " |")
+    load = report["load_average_1min"]
+    return (
+        f"Digits, {report['clients']} clients, accuracy after {report['rounds']} rounds; "
+        f"1-minute load average {load['start']:.1f} at the start, {load['end']:.1f} at "
+        "the end.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
 def main() -> None:
     """Run every strategy under every scenario, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,18 +113,14 @@ def main() -> None:
         table.add_row(strategy, *(f"{row[s]['final_accuracy']:.4f}" for s in SCENARIOS))
     Console(width=200).print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "clients": clients,
-                "rounds": rounds,
-                "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
-                "cases": cases,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    report = {
+        "clients": clients,
+        "rounds": rounds,
+        "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
+        "cases": cases,
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
 
 
 if __name__ == "__main__":

@@ -92,8 +92,9 @@ def run_case(
 
 def _cell(case: dict[str, Any]) -> tuple[str, str, str]:
     reached = case["rounds_to_target"]
+    stopped = "" if case["status"] == "completed" else " †"
     return (
-        f"{case['final_accuracy']:.4f}",
+        f"{case['final_accuracy']:.4f}{stopped}",
         "—" if reached is None else str(reached),
         f"{case['seconds']:.1f}",
     )
@@ -103,18 +104,27 @@ def markdown(report: dict[str, Any]) -> str:
     """Return the report's table as markdown."""
     header = ["strategy"]
     for scenario in SCENARIOS:
-        header += [f"{scenario} acc", "rounds to 95 %", "s"]
+        header += [f"{scenario} acc", "rounds to 95 %", "s (× fedavg)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cases = report["cases"]
     for strategy in report["strategies"]:
         row = [f"`{strategy}`"]
         for scenario in SCENARIOS:
-            row += list(_cell(report["cases"][f"{strategy}/{scenario}"]))
+            case = cases[f"{strategy}/{scenario}"]
+            accuracy, reached, seconds = _cell(case)
+            reference = cases.get(f"fedavg/{scenario}")
+            if reference:
+                seconds += f" ({case['seconds'] / reference['seconds']:.1f}×)"
+            row += [accuracy, reached, seconds]
         lines.append("| " + " | ".join(row) + " |")
     load = report["load_average_1min"]
     return (
         f"Digits, {report['clients']} clients, {report['rounds']} rounds, default "
         f"hyper-parameters; 1-minute load average {load['start']:.1f} at the start, "
-        f"{load['end']:.1f} at the end.\n\n" + "\n".join(lines) + "\n"
+        f"{load['end']:.1f} at the end.\n\n"
+        + "\n".join(lines)
+        + "\n\n† stopped early: the model diverged, so the clients' next updates were not"
+        " finite and were rejected, leaving fewer than min-train-nodes valid updates.\n"
     )
 
 

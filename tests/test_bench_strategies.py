@@ -50,3 +50,4 @@ def test_reliability_benchmark_tiny_mode_writes_its_report(tmp_path):
     }
     assert all(0.0 <= c["final_accuracy"] <= 1.0 for c in cases.values())
     assert "start" in report["load_average_1min"]
+    assert "| `krum` |" in (tmp_path / "reliability.md").read_text()

@@ -9,57 +9,31 @@ by any run-config flag.
 
     python bench/reliability.py            # full: 10 clients x 20 rounds
     python bench/reliability.py --tiny     # 4 clients x 2 rounds (used by the tests)
+
+Writes ``bench/results/reliability.json`` and ``reliability.md`` (or ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from flwr.app import Array, Message, MessageType
 from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.faults import dropout_hook, sign_flip_hook  # noqa: E402
 from fl_app.inprocess_grid import ReplyHook, run_server_app_in_process  # noqa: E402
 
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
 SCENARIOS = ("clean", "drop-20%", "2-sign-flip-x10")
-
-
-def dropout_hook(rate: float, seed: int) -> ReplyHook:
-    """Each client independently fails to answer with probability ``rate`` per round."""
-
-    def hook(partition_id: int, message: Message, reply: Message) -> Message | None:
-        if message.metadata.message_type != MessageType.TRAIN:
-            return reply
-        server_round = int(message.content["config"]["server-round"])
-        draw = np.random.default_rng([seed, server_round, partition_id]).random()
-        return None if draw < rate else reply
-
-    return hook
-
-
-def sign_flip_hook(attackers: int, scale: float) -> ReplyHook:
-    """Make the first ``attackers`` partitions send ``g - scale * (w - g)``, not ``w``."""
-
-    def hook(partition_id: int, message: Message, reply: Message) -> Message | None:
-        if partition_id >= attackers or message.metadata.message_type != MessageType.TRAIN:
-            return reply
-        sent, received = message.content["arrays"], reply.content["arrays"]
-        for key in list(received.keys()):
-            g, w = sent[key].numpy(), received[key].numpy()
-            received[key] = Array((g - scale * (w - g)).astype(w.dtype))
-        return reply
-
-    return hook
 
 
 def run_case(strategy: str, scenario: str, clients: int, rounds: int, workdir: Path) -> dict:
@@ -76,7 +50,9 @@ def run_case(strategy: str, scenario: str, clients: int, rounds: int, workdir: P
         "min-train-nodes": 2,
     }
     if strategy == "krum":
+        # assume as many attackers as the attack scenario has; Krum needs f + 3 updates
         overrides["num-malicious"] = min(2, clients // 4)
+        overrides["min-train-nodes"] = overrides["num-malicious"] + 3
     started = time.perf_counter()
     results = run_server_app_in_process(
         workdir / f"{strategy}-{scenario}", overrides, num_nodes=clients, reply_hook=hooks[scenario]
@@ -92,6 +68,28 @@ def run_case(strategy: str, scenario: str, clients: int, rounds: int, workdir: P
     }
 
 
+def markdown(report: dict) -> str:
+    """Return the report's accuracy table as markdown."""
+    lines = [
+        "| strategy | " + " | ".join(SCENARIOS) + " |",
+        "|---|" + "---|" * len(SCENARIOS),
+    ]
+    for strategy in STRATEGIES:
+        row = {c["scenario"]: c for c in report["cases"] if c["strategy"] == strategy}
+        cells = []
+        for scenario in SCENARIOS:
+            case = row[scenario]
+            stopped = "" if case["status"] == "completed" else f" ({case['status']})"
+            cells.append(f"{case['final_accuracy']:.4f}{stopped}")
+        lines.append(f"| `{strategy}` | " + " | ".join(cells) + " |")
+    load = report["load_average_1min"]
+    return (
+        f"Digits, {report['clients']} clients, accuracy after {report['rounds']} rounds; "
+        f"1-minute load average {load['start']:.1f} at the start, {load['end']:.1f} at "
+        "the end.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
 def main() -> None:
     """Run every strategy under every scenario, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -99,6 +97,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "reliability.json")
     args = parser.parse_args()
     clients, rounds = (4, 2) if args.tiny else (10, 20)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-reliability-") as tmp:
         cases = [
             run_case(strategy, scenario, clients, rounds, Path(tmp))
@@ -112,11 +111,16 @@ def main() -> None:
     for strategy in STRATEGIES:
         row = {c["scenario"]: c for c in cases if c["strategy"] == strategy}
         table.add_row(strategy, *(f"{row[s]['final_accuracy']:.4f}" for s in SCENARIOS))
-    Console().print(table)
+    Console(width=200).print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps({"clients": clients, "rounds": rounds, "cases": cases}, indent=2) + "\n"
-    )
+    report = {
+        "clients": clients,
+        "rounds": rounds,
+        "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
+        "cases": cases,
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
 
 
 if __name__ == "__main__":

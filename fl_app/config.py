@@ -19,6 +19,8 @@ from typing import Any, get_type_hints
 from fl_app.data import DATASETS, PARTITIONERS
 from fl_app.model import MODEL_KINDS
 from strategies import STRATEGIES
+from strategies.base import NUM_EXAMPLES_KEY
+from strategies.quality import QUALITY_METRICS, WEIGHT_BY
 
 
 class ConfigError(ValueError):
@@ -88,6 +90,26 @@ class RunConfig:
     strategy: str = _option("fedavg", *_one_of(STRATEGIES))
     fraction_train: float = _option(1.0, _fraction, "a number in (0, 1]")
     min_train_nodes: int = _option(2, _at_least(1), "an integer >= 1")
+    # --- strategy parameters (each strategy reads its own; see README) ---
+    weight_by: str = _option("val-accuracy", *_one_of(WEIGHT_BY))
+    hybrid_mix: float = _option(0.5, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+    server_learning_rate: float = _option(
+        0.0,
+        lambda v: v >= 0 and math.isfinite(v),
+        "a number >= 0 (0 = the strategy's default)",
+    )
+    server_momentum: float = _option(0.5, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+    beta_1: float = _option(0.9, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+    beta_2: float = _option(0.99, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+    tau: float = _option(1e-3, _positive, "a number > 0")
+    proximal_mu: float = _option(
+        0.01, lambda v: v >= 0 and math.isfinite(v), "a number >= 0 (0 = FedAvg)"
+    )
+    trim_beta: float = _option(0.2, lambda v: 0.0 <= v < 0.5, "a number in [0, 0.5)")
+    num_malicious: int = _option(0, _at_least(0), "an integer >= 0")
+    num_krum_selected: int = _option(
+        0, _at_least(0), "an integer >= 0 (0 = all but num-malicious)"
+    )
     # --- homomorphic encryption ---
     he: bool = _option(False, None, "true or false")
     he_public_context: str = _option(
@@ -205,7 +227,33 @@ def _cross_field_errors(config: RunConfig) -> list[str]:
             f"run-config key 'model' = 'cnn' is invalid for dataset '{config.dataset}': "
             "a CNN needs image-shaped data; use 'mlp' or 'auto'"
         )
-    errors += _he_errors(config)
+    return errors + _strategy_errors(config) + _he_errors(config)
+
+
+def _strategy_errors(config: RunConfig) -> list[str]:
+    """Return the errors of strategy parameters that depend on other keys."""
+    errors = []
+    if config.strategy in ("krum", "multikrum"):
+        needed = config.num_malicious + 3
+        if config.min_train_nodes < needed:
+            errors.append(
+                f"run-config key 'min-train-nodes' = {config.min_train_nodes} is invalid for "
+                f"strategy '{config.strategy}' with num-malicious = {config.num_malicious}: "
+                f"must be >= num-malicious + 3 = {needed} (Krum scores each update by its "
+                "n - num-malicious - 2 nearest others)"
+            )
+    if config.strategy == "multikrum" and config.num_krum_selected > config.min_train_nodes:
+        errors.append(
+            f"run-config key 'num-krum-selected' = {config.num_krum_selected} is invalid: "
+            f"must be <= min-train-nodes = {config.min_train_nodes} (a round may have only "
+            "that many updates), or 0 for all but num-malicious"
+        )
+    if config.strategy == "hybrid" and config.weight_by == NUM_EXAMPLES_KEY:
+        errors.append(
+            f"run-config key 'weight-by' = '{NUM_EXAMPLES_KEY}' is invalid for strategy "
+            "'hybrid': it names the quality metric mixed with num-examples, one of "
+            + ", ".join(repr(m) for m in QUALITY_METRICS)
+        )
     return errors
 
 

@@ -6,9 +6,39 @@
 from __future__ import annotations
 
 from strategies.base import BaseStrategy
+from strategies.fedadagrad import FedAdagrad
+from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
+from strategies.fedavgm import FedAvgM
+from strategies.fedmedian import FedMedian
+from strategies.fedprox import FedProx
+from strategies.fedsgd import FedSGD
+from strategies.fedtrimmedavg import FedTrimmedAvg
+from strategies.fedyogi import FedYogi
+from strategies.hybrid import Hybrid
+from strategies.krum import Krum, MultiKrum
+from strategies.simple_average import SimpleAverage
+from strategies.weighted_average import WeightedAverage
 
-STRATEGIES: dict[str, type[BaseStrategy]] = {cls.name: cls for cls in (FedAvg,)}
+STRATEGIES: dict[str, type[BaseStrategy]] = {
+    cls.name: cls
+    for cls in (
+        SimpleAverage,
+        WeightedAverage,
+        FedAvg,
+        FedSGD,
+        Hybrid,
+        FedProx,
+        FedAvgM,
+        FedAdam,
+        FedYogi,
+        FedAdagrad,
+        FedMedian,
+        FedTrimmedAvg,
+        Krum,
+        MultiKrum,
+    )
+}
 
 
 def strategy_class(name: str) -> type[BaseStrategy]:

@@ -32,7 +32,7 @@ from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from strategies.core import Arrays, weighted_average
+from strategies.core import Arrays, equal_weights_if_all_zero, weighted_average
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
@@ -392,8 +392,16 @@ class BaseStrategy(Strategy):
         return mean
 
     def linear_aggregate(self, updates: list[ClientUpdate]) -> Arrays:
-        """Weighted mean by :meth:`client_weight`, then :meth:`finish_linear`."""
-        weights = [self.client_weight(u.num_examples, u.metrics) for u in updates]
+        """Weighted mean by :meth:`client_weight`, then :meth:`finish_linear`.
+
+        When every weight is zero (no examples, or zero quality everywhere) the
+        updates are weighted equally, with a warning, rather than dividing by zero.
+        """
+        weights, fallback = equal_weights_if_all_zero(
+            [self.client_weight(u.num_examples, u.metrics) for u in updates]
+        )
+        if fallback:
+            log(WARNING, "%s: every client weight is 0; weighting the updates equally", self.name)
         mean = weighted_average([u.arrays for u in updates], weights)
         return self.finish_linear(mean, self.global_arrays)
 

@@ -380,3 +380,33 @@ def test_too_few_valid_encrypted_updates_stop_the_run_cleanly(tmp_path, flwr_hom
     assert results["final"]["rounds_completed"] == 2
     assert [f["node"] for f in results["rounds"][1]["failures"]] == [1017, 1034]
     assert (tmp_path / "run" / he_server.ENCRYPTED_MODEL_FILE).is_file()
+
+
+LINEAR = sorted(name for name, cls in STRATEGIES.items() if cls.linear and name != "fedavg")
+
+
+def test_every_non_linear_strategy_is_refused_with_he():
+    for name, cls in STRATEGIES.items():
+        errors = _cross_field_errors(RunConfig(he=True, strategy=name, min_train_nodes=5))
+        refused = any("cannot be used with he = true" in e for e in errors)
+        assert refused != cls.linear, (name, errors)
+
+
+@pytest.mark.parametrize("strategy", LINEAR)
+def test_every_linear_strategy_gives_the_plaintext_model_under_he(tmp_path, flwr_home, strategy):
+    overrides = {"num-server-rounds": 1, "seed": 5, "strategy": strategy, "local-epochs": 1}
+    plain = run_server_app_in_process(tmp_path / "plain", overrides)
+    encrypted = run_server_app_in_process(tmp_path / "he", {**overrides, "he": True})
+    assert plain["status"] == encrypted["status"] == "completed"
+    out = tmp_path / "decrypted.pt"
+    secret = flwr_home / "he" / "secret.ctx"
+    model = tmp_path / "he" / he_server.ENCRYPTED_MODEL_FILE
+    assert (
+        fl_he(["decrypt-model", str(model), "--secret-context", str(secret), "--out", str(out)])
+        == 0
+    )
+    state, reference = torch.load(out), torch.load(tmp_path / "plain" / "model.pt")
+    weights = [c["he-weight"] for c in encrypted["rounds"][0]["clients"]]
+    snapping_bound = 2.0**-17 * len(weights) / sum(weights)
+    error = max(float((state[k] - reference[k]).abs().max()) for k in reference)
+    assert error <= snapping_bound + 1e-6

@@ -18,7 +18,10 @@ from typing import Any, get_type_hints
 
 from fl_app.data import DATASETS, PARTITIONERS
 from fl_app.model import MODEL_KINDS
+from privacy import ACCOUNTANTS
 from strategies import STRATEGIES
+
+DP_MODES: tuple[str, ...] = ("none", "local", "central")
 
 
 class ConfigError(ValueError):
@@ -39,6 +42,10 @@ def _at_least(low: float) -> Check:
 
 def _positive(v: float) -> bool:
     return v > 0 and math.isfinite(v)
+
+
+def _non_negative(v: float) -> bool:
+    return v >= 0 and math.isfinite(v)
 
 
 def _fraction(v: float) -> bool:
@@ -88,6 +95,23 @@ class RunConfig:
     strategy: str = _option("fedavg", *_one_of(STRATEGIES))
     fraction_train: float = _option(1.0, _fraction, "a number in (0, 1]")
     min_train_nodes: int = _option(2, _at_least(1), "an integer >= 1")
+    # --- differential privacy (README: Differential privacy) ---
+    dp: str = _option("none", *_one_of(DP_MODES))
+    dp_target_epsilon: float = _option(
+        8.0, _non_negative, "a number >= 0 (0 = no ceiling; then give a noise multiplier)"
+    )
+    dp_delta: float = _option(
+        0.0, lambda v: 0.0 <= v < 1.0, "a number in [0, 1) (0 = min(1e-5, 1/(10 n)))"
+    )
+    dp_noise_multiplier: float = _option(
+        0.0, _non_negative, "a number >= 0 (0 = calibrate from dp-target-epsilon)"
+    )
+    dp_max_grad_norm: float = _option(1.0, _positive, "a number > 0")
+    dp_accountant: str = _option("rdp", *_one_of(ACCOUNTANTS))
+    dp_clipping_norm: float = _option(1.0, _positive, "a number > 0")
+    dp_central_noise_multiplier: float = _option(
+        0.0, _non_negative, "a number >= 0 (0 = calibrate from dp-target-epsilon)"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config with its kebab-case run-config keys."""
@@ -200,6 +224,30 @@ def _cross_field_errors(config: RunConfig) -> list[str]:
             f"run-config key 'model' = 'cnn' is invalid for dataset '{config.dataset}': "
             "a CNN needs image-shaped data; use 'mlp' or 'auto'"
         )
+    return errors + _dp_errors(config)
+
+
+def _dp_errors(config: RunConfig) -> list[str]:
+    """Return the errors of the differential-privacy keys taken together."""
+    errors = []
+    if config.dp == "local" and config.dp_target_epsilon == 0 and config.dp_noise_multiplier == 0:
+        errors.append(
+            "run-config 'dp' = 'local' needs a budget: 'dp-target-epsilon' > 0 (the noise is "
+            "calibrated to it) or 'dp-noise-multiplier' > 0; both are 0"
+        )
+    if config.dp == "central":
+        if config.dp_target_epsilon == 0 and config.dp_central_noise_multiplier == 0:
+            errors.append(
+                "run-config 'dp' = 'central' needs 'dp-target-epsilon' > 0 (the server noise "
+                "is calibrated to it) or 'dp-central-noise-multiplier' > 0; both are 0"
+            )
+        if not STRATEGIES[config.strategy].linear:
+            linear = sorted(name for name, cls in STRATEGIES.items() if cls.linear)
+            errors.append(
+                f"run-config 'dp' = 'central' is invalid with strategy '{config.strategy}': "
+                "client-level DP clips and noises a (weighted) mean of updates, which this "
+                f"strategy does not compute; use one of {', '.join(linear)}"
+            )
     return errors
 
 
@@ -211,9 +259,10 @@ class NodeConfig:
     num_partitions: int = 1
     data_path: Path | None = None
     label_column: str = "label"
+    dp_state_dir: Path | None = None
 
 
-NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", "label-column")
+NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", "label-column", "dp-state-dir")
 
 
 def parse_node_config(node_config: Mapping[str, Any]) -> NodeConfig:
@@ -247,4 +296,13 @@ def parse_node_config(node_config: Mapping[str, Any]) -> NodeConfig:
     label_column = node_config.get("label-column", "label")
     if not isinstance(label_column, str) or not label_column:
         raise ConfigError(f"node-config 'label-column' = {label_column!r} must be a name")
-    return NodeConfig(partition_id, num_partitions, data_path, label_column)
+    dp_state_dir = node_config.get("dp-state-dir", "")
+    if not isinstance(dp_state_dir, str):
+        raise ConfigError(f"node-config 'dp-state-dir' = {dp_state_dir!r} must be a directory path")
+    return NodeConfig(
+        partition_id,
+        num_partitions,
+        data_path,
+        label_column,
+        Path(dp_state_dir).expanduser() if dp_state_dir else None,
+    )

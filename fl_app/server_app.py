@@ -15,6 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from fl_app.central_dp import build_strategy
 from fl_app.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -24,11 +25,11 @@ from fl_app.checkpoint import (
 )
 from fl_app.config import ConfigError, RunConfig, parse_run_config
 from fl_app.data import DATASETS, server_split
+from fl_app.dp_summary import final_privacy
 from fl_app.model import build_model, resolve_model_kind
 from fl_app.results import RunResults, create_run_directory
 from fl_app.task import evaluate
 from fl_app.training_loop import LoopSettings, ServerEvaluate, TrainingLoop
-from strategies import strategy_class
 
 app = ServerApp()
 
@@ -89,7 +90,7 @@ def main(grid: Grid, context: Context) -> None:
         log(ERROR, "Invalid run config, nothing was trained: %s", err)
         raise
     torch.set_num_threads(1)
-    strategy = strategy_class(config.strategy).from_run_config(config)
+    strategy = build_strategy(config)
     model = initial_model(config)
     directory = create_run_directory(config.output_dir, Path.cwd())
     log(INFO, "Results directory: %s", directory)
@@ -156,7 +157,8 @@ def main(grid: Grid, context: Context) -> None:
     )
     model.load_state_dict(final_arrays.to_torch_state_dict(), strict=True)
     results.save_model(model.state_dict())
-    results.finish(status, _final_summary(results, status, time.monotonic() - started))
+    final = _final_summary(results, status, time.monotonic() - started)
+    results.finish(status, {**final, **final_privacy(config.dp, results.rounds)})
     results.save_plot()
     log(INFO, "Final: %s", results.data["final"])
     log(INFO, "Results written to %s", directory)

@@ -18,7 +18,6 @@ forgotten. The noise multiplier is calibrated once, in the first round, for all
 from __future__ import annotations
 
 import os
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -130,20 +129,17 @@ def train_with_local_dp(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.learning_rate, momentum=config.momentum
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Secure RNG turned off")
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        training = make_private(
-            model,
-            optimizer,
-            loader,
-            budget,
-            {"mechanism": record.mechanism, "history": record.history},
-            epochs=config.local_epochs,
-            noise_seed=seed,
-        )
-        result = train_private(training, config.local_epochs, MAX_PHYSICAL_BATCH)
-        training.close()
+    training = make_private(
+        model,
+        optimizer,
+        loader,
+        budget,
+        {"mechanism": record.mechanism, "history": record.history},
+        epochs=config.local_epochs,
+        noise_seed=seed,
+    )
+    result = train_private(training, config.local_epochs, MAX_PHYSICAL_BATCH)
+    training.close()
     model.load_state_dict(training.plain_state_dict(), strict=True)
     epsilon = training.epsilon()
     record.history = training.state_dict()["history"]

@@ -9,6 +9,7 @@ is JSON-ready so that it can live in a ledger file or in Flower's ``Context.stat
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 from typing import Any
 
@@ -74,7 +75,9 @@ def epsilon_of(mechanism: str, history: list[HistoryEntry], delta: float) -> flo
     if not history:
         return 0.0
     accountant = new_accountant(mechanism, {"mechanism": mechanism, "history": history})
-    return float(accountant.get_epsilon(delta=delta))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(accountant.get_epsilon(delta=delta))
 
 
 @lru_cache(maxsize=64)

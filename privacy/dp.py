@@ -12,7 +12,10 @@ Nothing here imports Flower: torch modules, optimizers and data loaders in; a
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +36,20 @@ from privacy.accounting import (
 
 GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ghost")
 DEFAULT_GRAD_SAMPLE_MODE = "ghost"
+
+
+@contextlib.contextmanager
+def quiet_opacus() -> Iterator[None]:
+    """Silence Opacus' warnings that do not apply here.
+
+    Seeded (non-secure) noise is deliberate (reproducible runs); the full-backward-hook
+    notice is about inputs that need no gradient, which is always true for data.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        yield
 
 
 class BudgetExceededError(RuntimeError):
@@ -208,22 +225,24 @@ def make_private(
 
     model.train()
     model, optimizer = _fixed(model, optimizer)
-    engine = PrivacyEngine(accountant=budget.accountant)
+    with quiet_opacus():
+        engine = PrivacyEngine(accountant=budget.accountant)
     if accountant_state:
         engine.accountant.load_state_dict(
             {"mechanism": budget.accountant, "history": [tuple(h) for h in history]}
         )
     generator = None if noise_seed is None else torch.Generator().manual_seed(noise_seed)
-    made = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        criterion=criterion if criterion is not None else nn.CrossEntropyLoss(),
-        data_loader=data_loader,
-        noise_multiplier=noise,
-        max_grad_norm=budget.max_grad_norm,
-        grad_sample_mode=grad_sample_mode,
-        noise_generator=generator,
-    )
+    with quiet_opacus():
+        made = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            criterion=criterion if criterion is not None else nn.CrossEntropyLoss(),
+            data_loader=data_loader,
+            noise_multiplier=noise,
+            max_grad_norm=budget.max_grad_norm,
+            grad_sample_mode=grad_sample_mode,
+            noise_generator=generator,
+        )
     if grad_sample_mode == "ghost":
         module, private_optimizer, private_criterion, loader = made
     else:
@@ -289,11 +308,14 @@ def train_private(
     total_loss, correct, seen = 0.0, 0, 0
     steps_before = training.steps()
     for _ in range(epochs):
-        with BatchMemoryManager(
-            data_loader=training.data_loader,
-            max_physical_batch_size=max_physical_batch_size,
-            optimizer=optimizer,
-        ) as loader:
+        with (
+            quiet_opacus(),
+            BatchMemoryManager(
+                data_loader=training.data_loader,
+                max_physical_batch_size=max_physical_batch_size,
+                optimizer=optimizer,
+            ) as loader,
+        ):
             for x, y in loader:
                 optimizer.zero_grad(set_to_none=True)
                 logits = module(x)

@@ -28,8 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fl_app.config import NodeConfig, RunConfig
 from fl_app.data import Split
 from fl_app.task import to_tensors
-from privacy.accounting import auto_delta
-from privacy.dp import BudgetExceededError, PrivacyBudget, make_private, train_private
+from privacy import BudgetExceededError
 from privacy.ledger import LedgerRecord, ledger_path, read_ledger, write_ledger
 
 STATE_KEY = "dp-ledger"
@@ -92,6 +91,10 @@ def train_with_local_dp(
     ValueError
         If the run sent no ``ledger-id`` or δ is not below ``1 / n``.
     """
+    # Opacus takes ~1.5 s to import: only a client that trains privately pays for it.
+    from privacy.accounting import auto_delta
+    from privacy.dp import PrivacyBudget, make_private, train_private
+
     ledger_id = str(round_config.get("ledger-id", ""))
     if not ledger_id:
         raise ValueError("dp = 'local' needs the server's 'ledger-id' in the train config")

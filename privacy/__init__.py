@@ -7,3 +7,11 @@ spent budget), ``privacy.client_level`` (DP-FedAvg clipping, noise and client-le
 
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 """Opacus accountants selectable here (RDP is the default; PRV can fail above ε ≈ 10)."""
+
+
+class BudgetExceededError(RuntimeError):
+    """Training this session would push ε over the target; nothing was trained.
+
+    Defined here, not in ``privacy.dp``, so that catching it does not import Opacus
+    (a deployed ClientApp starts a new process per message).
+    """

@@ -26,6 +26,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from privacy import BudgetExceededError
 from privacy.accounting import (
     accountant_state,
     calibrate_noise,
@@ -33,6 +34,15 @@ from privacy.accounting import (
     epsilon_of,
     new_accountant,
 )
+
+__all__ = [
+    "BudgetExceededError",
+    "PrivacyBudget",
+    "PrivateTraining",
+    "check_budget",
+    "make_private",
+    "train_private",
+]
 
 GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ghost")
 DEFAULT_GRAD_SAMPLE_MODE = "ghost"
@@ -50,10 +60,6 @@ def quiet_opacus() -> Iterator[None]:
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         yield
-
-
-class BudgetExceededError(RuntimeError):
-    """Training this session would push ε over the target; nothing was trained."""
 
 
 @dataclass(frozen=True)

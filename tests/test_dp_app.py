@@ -5,12 +5,15 @@ import math
 
 import pytest
 import torch
+from flwr.app import ConfigRecord, RecordDict
 from opacus.accountants import RDPAccountant
 
-from fl_app.config import ConfigError, parse_run_config
+from fl_app.config import ConfigError, parse_node_config, parse_run_config
 from fl_app.data import embedded_client_data
+from fl_app.dp_client import STATE_KEY, ledger_file, load_ledger
 from fl_app.inprocess_grid import run_server_app_in_process as run_server_app
 from fl_app.model import build_model
+from privacy.ledger import LedgerRecord, write_ledger
 from strategies.fedavg import FedAvg
 from tests.conftest import APP_DIR
 
@@ -196,3 +199,22 @@ def test_flwr_run_with_dp(superlink, tmp_path, overrides):
         assert all("dp-epsilon" in c for c in results["rounds"][1]["clients"])
         assert list((superlink.flwr_home / "dp-ledgers").glob("*/partition-*.json"))
     build_model("auto", (1, 8, 8), 10).load_state_dict(torch.load(out / "model.pt"), strict=True)
+
+
+def test_ledger_location_and_the_larger_spending_wins(tmp_path):
+    node = parse_node_config(
+        {"partition-id": 3, "num-partitions": 4, "dp-state-dir": str(tmp_path)}
+    )
+    path = ledger_file(node, "run1")
+    assert path == tmp_path / "run1" / "partition-3.json"
+    default = ledger_file(parse_node_config({}), "run1")
+    assert default == tmp_path / "flwr-home" / "dp-ledgers" / "run1" / "partition-0.json"
+    fresh = LedgerRecord("run1", "partition-3", "rdp", 1e-5, 8.0)
+    on_disk = LedgerRecord("run1", "partition-3", "rdp", 1e-5, 8.0, [[1.0, 0.1, 20]])
+    on_disk.sessions = [{"round": 1}, {"round": 2}]
+    write_ledger(path, on_disk)
+    in_state = LedgerRecord("run1", "partition-3", "rdp", 1e-5, 8.0, [[1.0, 0.1, 10]])
+    in_state.sessions = [{"round": 1}]
+    state = RecordDict({STATE_KEY: ConfigRecord({"json": in_state.to_json()})})
+    assert load_ledger(state, path, "run1", fresh) == on_disk
+    assert load_ledger(RecordDict(), tmp_path / "none.json", "run1", fresh) is fresh

@@ -91,7 +91,7 @@ def client_setup(context: Context) -> ClientSetup:
 
 def _model_from(message: Message, config: RunConfig) -> torch.nn.Module:
     spec = DATASETS[config.dataset]
-    model = build_model(config.model, spec.input_shape, spec.num_classes)
+    model = build_model(config.model, spec.input_shape, spec.num_classes, config.dp == "local")
     model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict(), strict=True)
     return model
 

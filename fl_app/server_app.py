@@ -38,7 +38,7 @@ def initial_model(config: RunConfig) -> torch.nn.Module:
     """Build the global model with weights drawn from the run's seed."""
     spec = DATASETS[config.dataset]
     torch.manual_seed(config.seed)
-    return build_model(config.model, spec.input_shape, spec.num_classes)
+    return build_model(config.model, spec.input_shape, spec.num_classes, config.dp == "local")
 
 
 def make_server_evaluate(config: RunConfig) -> ServerEvaluate:
@@ -101,7 +101,7 @@ def main(grid: Grid, context: Context) -> None:
             "config": config.to_dict(),
             "strategy": {"name": strategy.name, **strategy.settings()},
             "model": {
-                "kind": resolve_model_kind(config.model, spec.input_shape),
+                "kind": resolve_model_kind(config.model, spec.input_shape, config.dp == "local"),
                 "parameters": sum(p.numel() for p in model.parameters()),
             },
             "environment": {

@@ -53,8 +53,9 @@ def test_cumulative_epsilon_after_k_rounds_matches_opacus(tmp_path):
     assert results["final"]["epsilon"] > 1.3 * fresh_engine_per_round
     assert results["final"]["epsilon"] == results["rounds"][-1]["train"]["dp-epsilon"]
     assert results["final"]["delta"] == 1e-5 and results["final"]["dp"] == "local"
+    assert results["model"]["kind"] == "mlp"  # auto: the MLP for DP-SGD
     state = torch.load(tmp_path / "out" / "model.pt")
-    build_model("auto", (1, 8, 8), 10).load_state_dict(state, strict=True)
+    build_model("auto", (1, 8, 8), 10, dp_sgd=True).load_state_dict(state, strict=True)
 
 
 def steps_per_round(num_nodes, partition_id=0, batch_size=32):
@@ -198,7 +199,8 @@ def test_flwr_run_with_dp(superlink, tmp_path, overrides):
         assert epsilons[1] <= 3.0
         assert all("dp-epsilon" in c for c in results["rounds"][1]["clients"])
         assert list((superlink.flwr_home / "dp-ledgers").glob("*/partition-*.json"))
-    build_model("auto", (1, 8, 8), 10).load_state_dict(torch.load(out / "model.pt"), strict=True)
+    model = build_model("auto", (1, 8, 8), 10, dp_sgd=overrides["dp"] == "local")
+    model.load_state_dict(torch.load(out / "model.pt"), strict=True)
 
 
 def test_ledger_location_and_the_larger_spending_wins(tmp_path):

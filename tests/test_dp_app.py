@@ -220,3 +220,19 @@ def test_ledger_location_and_the_larger_spending_wins(tmp_path):
     state = RecordDict({STATE_KEY: ConfigRecord({"json": in_state.to_json()})})
     assert load_ledger(state, path, "run1", fresh) == on_disk
     assert load_ledger(RecordDict(), tmp_path / "none.json", "run1", fresh) is fresh
+
+
+def test_central_dp_resumes_with_its_accounting_and_identical_weights(tmp_path):
+    config = {"dp": "central", "num-server-rounds": 3, "dp-central-noise-multiplier": 0.5}
+    full = run_server_app(tmp_path / "full", config, num_nodes=2)
+    run_server_app(tmp_path / "part", {**config, "num-server-rounds": 2}, num_nodes=2)
+    resumed = run_server_app(
+        tmp_path / "resumed", {**config, "resume-from": str(tmp_path / "part")}, num_nodes=2
+    )
+    assert resumed["final"]["epsilon"] == full["final"]["epsilon"]
+    assert resumed["rounds"][2]["train"]["dp-epsilon"] == pytest.approx(
+        rdp_epsilon(0.5, 1.0, 3, 1e-5)
+    )
+    a = torch.load(tmp_path / "full" / "model.pt")
+    b = torch.load(tmp_path / "resumed" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)

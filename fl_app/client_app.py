@@ -14,11 +14,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from fl_app.config import NodeConfig, RunConfig, parse_node_config, parse_run_config
 from fl_app.data import DATASETS, ClientData, embedded_client_data, load_local_file, split_train_val
+from fl_app.dp_client import BudgetExceededError, train_with_local_dp
 from fl_app.he_client import encrypted_reply, model_arrays, received_state_dict
 from fl_app.model import build_model
 from fl_app.task import evaluate, full_batch_gradient, train
@@ -82,8 +92,9 @@ def client_setup(context: Context) -> ClientSetup:
 
 def _model_from(message: Message, setup: ClientSetup, context: Context) -> torch.nn.Module:
     """Build the global model a message carries (decrypting it under HE)."""
-    spec = DATASETS[setup.config.dataset]
-    model = build_model(setup.config.model, spec.input_shape, spec.num_classes)
+    config = setup.config
+    spec = DATASETS[config.dataset]
+    model = build_model(config.model, spec.input_shape, spec.num_classes, config.dp == "local")
     state = received_state_dict(
         message.content[ARRAYS_KEY],
         message.content.config_records.get(CONFIG_KEY, ConfigRecord()),
@@ -100,29 +111,44 @@ def training_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 
 def train_locally(
-    model: torch.nn.Module, setup: ClientSetup, round_config: ConfigRecord
+    model: torch.nn.Module,
+    setup: ClientSetup,
+    round_config: ConfigRecord,
+    state: RecordDict | None = None,
 ) -> dict[str, float | int]:
-    """Train ``model`` in place on the local train split; return the train metrics."""
+    """Train ``model`` in place on the local train split; return the train metrics.
+
+    With ``dp = "local"`` training is DP-SGD and ``state`` (``Context.state``) keeps
+    the privacy ledger between rounds (see :mod:`fl_app.dp_client`).
+    """
     config = setup.config
-    result = train(
-        model,
-        setup.data.train,
-        epochs=config.local_epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        momentum=config.momentum,
-        seed=training_seed(
-            config.seed, int(round_config.get("server-round", 0)), setup.node.partition_id
-        ),
-        proximal_mu=float(round_config.get("proximal-mu", 0.0)),
+    seed = training_seed(
+        config.seed, int(round_config.get("server-round", 0)), setup.node.partition_id
     )
+    if config.dp == "local":
+        metrics = train_with_local_dp(
+            model,
+            config,
+            setup.node,
+            setup.data.train,
+            round_config,
+            state if state is not None else RecordDict(),
+            seed,
+        )
+    else:
+        result = train(
+            model,
+            setup.data.train,
+            epochs=config.local_epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            momentum=config.momentum,
+            seed=seed,
+            proximal_mu=float(round_config.get("proximal-mu", 0.0)),
+        )
+        metrics = {"train-loss": result.loss, "train-accuracy": result.accuracy}
     val_loss, val_accuracy = evaluate(model, setup.data.val)
-    return {
-        "train-loss": result.loss,
-        "train-accuracy": result.accuracy,
-        "val-loss": val_loss,
-        "val-accuracy": val_accuracy,
-    }
+    return {**metrics, "val-loss": val_loss, "val-accuracy": val_accuracy}
 
 
 @app.train()
@@ -146,7 +172,10 @@ def train_handler(msg: Message, context: Context) -> Message:
         arrays = ArrayRecord({k: Array(v) for k, v in gradient.items()})
         metrics["train-loss"], metrics["train-accuracy"] = evaluate(model, data.train)
     else:
-        metrics.update(train_locally(model, setup, round_config))
+        try:
+            metrics.update(train_locally(model, setup, round_config, context.state))
+        except BudgetExceededError as err:  # refused before training: say why
+            return Message(Error(code=0, reason=str(err)), reply_to=msg)
         arrays = ArrayRecord(model.state_dict())
     if setup.config.he:
         content = encrypted_reply(arrays, received, metrics, setup.config, context.node_config)

@@ -18,9 +18,12 @@ from typing import Any, get_type_hints
 
 from fl_app.data import DATASETS, PARTITIONERS
 from fl_app.model import MODEL_KINDS
+from privacy import ACCOUNTANTS
 from strategies import STRATEGIES
 from strategies.base import NUM_EXAMPLES_KEY
 from strategies.quality import QUALITY_METRICS, WEIGHT_BY
+
+DP_MODES: tuple[str, ...] = ("none", "local", "central")
 
 
 class ConfigError(ValueError):
@@ -41,6 +44,10 @@ def _at_least(low: float) -> Check:
 
 def _positive(v: float) -> bool:
     return v > 0 and math.isfinite(v)
+
+
+def _non_negative(v: float) -> bool:
+    return v >= 0 and math.isfinite(v)
 
 
 def _fraction(v: float) -> bool:
@@ -114,6 +121,23 @@ class RunConfig:
     he: bool = _option(False, None, "true or false")
     he_public_context: str = _option(
         "", None, "a path to the public HE context ('' = $FLWR_HOME/he/public.ctx)"
+    )
+    # --- differential privacy (README: Differential privacy) ---
+    dp: str = _option("none", *_one_of(DP_MODES))
+    dp_target_epsilon: float = _option(
+        8.0, _non_negative, "a number >= 0 (0 = no ceiling; then give a noise multiplier)"
+    )
+    dp_delta: float = _option(
+        0.0, lambda v: 0.0 <= v < 1.0, "a number in [0, 1) (0 = min(1e-5, 1/(10 n)))"
+    )
+    dp_noise_multiplier: float = _option(
+        0.0, _non_negative, "a number >= 0 (0 = calibrate from dp-target-epsilon)"
+    )
+    dp_max_grad_norm: float = _option(1.0, _positive, "a number > 0")
+    dp_accountant: str = _option("rdp", *_one_of(ACCOUNTANTS))
+    dp_clipping_norm: float = _option(1.0, _positive, "a number > 0")
+    dp_central_noise_multiplier: float = _option(
+        0.0, _non_negative, "a number >= 0 (0 = calibrate from dp-target-epsilon)"
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,7 +251,7 @@ def _cross_field_errors(config: RunConfig) -> list[str]:
             f"run-config key 'model' = 'cnn' is invalid for dataset '{config.dataset}': "
             "a CNN needs image-shaped data; use 'mlp' or 'auto'"
         )
-    return errors + _strategy_errors(config) + _he_errors(config)
+    return errors + _strategy_errors(config) + _he_errors(config) + _dp_errors(config)
 
 
 def _strategy_errors(config: RunConfig) -> list[str]:
@@ -274,6 +298,35 @@ def _he_errors(config: RunConfig) -> list[str]:
             f"run-config key 'max-update-norm' = {config.max_update_norm:g} cannot be used "
             "with he = true: the server cannot see the norm of an encrypted update; set it to 0"
         )
+    if config.dp == "central":
+        errors.append(
+            "run-config 'dp' = 'central' cannot be used with he = true: the server clips "
+            "each update and cannot see an encrypted one; use dp = 'local' with he"
+        )
+    return errors
+
+
+def _dp_errors(config: RunConfig) -> list[str]:
+    """Return the errors of the differential-privacy keys taken together."""
+    errors = []
+    if config.dp == "local" and config.dp_target_epsilon == 0 and config.dp_noise_multiplier == 0:
+        errors.append(
+            "run-config 'dp' = 'local' needs a budget: 'dp-target-epsilon' > 0 (the noise is "
+            "calibrated to it) or 'dp-noise-multiplier' > 0; both are 0"
+        )
+    if config.dp == "central":
+        if config.dp_target_epsilon == 0 and config.dp_central_noise_multiplier == 0:
+            errors.append(
+                "run-config 'dp' = 'central' needs 'dp-target-epsilon' > 0 (the server noise "
+                "is calibrated to it) or 'dp-central-noise-multiplier' > 0; both are 0"
+            )
+        if not STRATEGIES[config.strategy].linear:
+            linear = sorted(name for name, cls in STRATEGIES.items() if cls.linear)
+            errors.append(
+                f"run-config 'dp' = 'central' is invalid with strategy '{config.strategy}': "
+                "client-level DP clips and noises a (weighted) mean of updates, which this "
+                f"strategy does not compute; use one of {', '.join(linear)}"
+            )
     return errors
 
 
@@ -285,9 +338,10 @@ class NodeConfig:
     num_partitions: int = 1
     data_path: Path | None = None
     label_column: str = "label"
+    dp_state_dir: Path | None = None
 
 
-NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", "label-column")
+NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", "label-column", "dp-state-dir")
 
 
 def parse_node_config(node_config: Mapping[str, Any]) -> NodeConfig:
@@ -321,4 +375,13 @@ def parse_node_config(node_config: Mapping[str, Any]) -> NodeConfig:
     label_column = node_config.get("label-column", "label")
     if not isinstance(label_column, str) or not label_column:
         raise ConfigError(f"node-config 'label-column' = {label_column!r} must be a name")
-    return NodeConfig(partition_id, num_partitions, data_path, label_column)
+    dp_state_dir = node_config.get("dp-state-dir", "")
+    if not isinstance(dp_state_dir, str):
+        raise ConfigError(f"node-config 'dp-state-dir' = {dp_state_dir!r} must be a directory path")
+    return NodeConfig(
+        partition_id,
+        num_partitions,
+        data_path,
+        label_column,
+        Path(dp_state_dir).expanduser() if dp_state_dir else None,
+    )

@@ -15,6 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from fl_app.central_dp import build_strategy
 from fl_app.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -24,6 +25,7 @@ from fl_app.checkpoint import (
 )
 from fl_app.config import ConfigError, RunConfig, parse_run_config
 from fl_app.data import DATASETS, server_split
+from fl_app.dp_summary import final_privacy
 from fl_app.he_keys import public_context_path
 from fl_app.he_records import is_encrypted
 from fl_app.he_server import EncryptedAggregation
@@ -31,7 +33,6 @@ from fl_app.model import build_model, resolve_model_kind
 from fl_app.results import RunResults, create_run_directory
 from fl_app.task import evaluate
 from fl_app.training_loop import LoopSettings, ServerEvaluate, TrainingLoop
-from strategies import strategy_class
 
 app = ServerApp()
 
@@ -40,7 +41,7 @@ def initial_model(config: RunConfig) -> torch.nn.Module:
     """Build the global model with weights drawn from the run's seed."""
     spec = DATASETS[config.dataset]
     torch.manual_seed(config.seed)
-    return build_model(config.model, spec.input_shape, spec.num_classes)
+    return build_model(config.model, spec.input_shape, spec.num_classes, config.dp == "local")
 
 
 def make_server_evaluate(config: RunConfig) -> ServerEvaluate:
@@ -92,7 +93,7 @@ def main(grid: Grid, context: Context) -> None:
         log(ERROR, "Invalid run config, nothing was trained: %s", err)
         raise
     torch.set_num_threads(1)
-    strategy = strategy_class(config.strategy).from_run_config(config)
+    strategy = build_strategy(config)
     model = initial_model(config)
     if config.he:
         strategy = EncryptedAggregation(
@@ -109,7 +110,7 @@ def main(grid: Grid, context: Context) -> None:
             "config": config.to_dict(),
             "strategy": {"name": strategy.name, **strategy.settings()},
             "model": {
-                "kind": resolve_model_kind(config.model, spec.input_shape),
+                "kind": resolve_model_kind(config.model, spec.input_shape, config.dp == "local"),
                 "parameters": sum(p.numel() for p in model.parameters()),
             },
             "environment": {
@@ -168,7 +169,8 @@ def main(grid: Grid, context: Context) -> None:
     else:
         model.load_state_dict(final_arrays.to_torch_state_dict(), strict=True)
         results.save_model(model.state_dict())
-    results.finish(status, _final_summary(results, status, time.monotonic() - started))
+    final = _final_summary(results, status, time.monotonic() - started)
+    results.finish(status, {**final, **final_privacy(config.dp, results.rounds)})
     results.save_plot()
     log(INFO, "Final: %s", results.data["final"])
     log(INFO, "Results written to %s", directory)

@@ -42,7 +42,7 @@ CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 NUM_EXAMPLES_KEY = "num-examples"
 EVAL_PREFIX = "eval-"
-MAX_METRICS = frozenset({"dp-epsilon"})
+MAX_METRICS = frozenset({"dp-epsilon", "dp-delta"})
 
 
 @dataclass(frozen=True)

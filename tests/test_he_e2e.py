@@ -31,3 +31,24 @@ def test_flwr_run_with_he_keeps_the_model_encrypted(superlink, tmp_path):
     keys = superlink.flwr_home / "he"
     assert sorted(os.listdir(keys)) == ["public.ctx", "secret.ctx"]
     assert stat.S_IMODE((keys / "secret.ctx").stat().st_mode) == 0o600
+
+
+def test_flwr_run_with_local_dp_and_he_encrypts_the_private_updates(superlink, tmp_path):
+    out = tmp_path / "dp-he-run"
+    overrides = {
+        "output-dir": str(out),
+        "num-server-rounds": 2,
+        "he": True,
+        "dp": "local",
+        "dp-target-epsilon": 8.0,
+        "local-epochs": 1,
+    }
+    results = superlink.run(APP_DIR, overrides, num_supernodes=2).results
+    assert results["status"] == "completed"
+    assert results["final"]["accuracy_source"] == "federated-validation"
+    epsilons = [r["train"]["dp-epsilon"] for r in results["rounds"]]
+    assert 0 < epsilons[0] < epsilons[1] == results["final"]["epsilon"] <= 8.0
+    for record in results["rounds"]:
+        assert record["failures"] == [] and record["server"] == {}
+        assert all("dp-epsilon" in c and "he-weight" in c for c in record["clients"])
+    assert (out / ENCRYPTED_MODEL_FILE).is_file() and not (out / "model.pt").exists()

@@ -184,22 +184,26 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
     return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else 0.0
 
 
-def _accuracy_curve(results: dict[str, Any]) -> list[float | None]:
-    """Per-round accuracy: server test set when the server can read the model, else federated."""
-    curve = []
-    for record in results["rounds"]:
-        source = record.get("server") or record.get("evaluate") or {}
-        curve.append(source.get("accuracy"))
-    return curve
+def _accuracy_curve(results: dict[str, Any], source: str) -> list[float | None]:
+    """Per-round accuracy from ``evaluate`` (federated) or ``server`` (test set)."""
+    return [(record.get(source) or {}).get("accuracy") for record in results["rounds"]]
 
 
 def summarize(summary: SettingSummary) -> dict[str, Any]:
-    """Reduce one setting's runs to the table's numbers (mean and std over seeds)."""
-    finals, bests, epsilons, deltas, seconds, up, down, rounds = [], [], [], [], [], [], [], []
+    """Reduce one setting's runs to the table's numbers (mean and std over seeds).
+
+    Accuracies are the federated evaluation (clients' validation data, weighted by
+    examples), which every setting records, so settings compare like for like; the
+    server's test-set accuracy is added where the server can read the model (not
+    under homomorphic encryption).
+    """
+    finals, bests, tests, epsilons, deltas, seconds, up, down, rounds = ([] for _ in range(9))
     for results in summary.runs:
-        curve = [a for a in _accuracy_curve(results) if a is not None]
-        finals.append(results["final"].get("accuracy"))
-        bests.append(max(curve) if curve else None)
+        curve = _accuracy_curve(results, "evaluate")
+        present = [a for a in curve if a is not None]
+        finals.append(curve[-1] if curve else None)
+        bests.append(max(present) if present else None)
+        tests.append(_accuracy_curve(results, "server")[-1] if results["rounds"] else None)
         epsilons.append(results["final"].get("epsilon"))
         deltas.append(results["final"].get("delta"))
         n = max(len(results["rounds"]), 1)
@@ -212,6 +216,7 @@ def summarize(summary: SettingSummary) -> dict[str, Any]:
     for name, values in (
         ("final_accuracy", finals),
         ("best_accuracy", bests),
+        ("test_accuracy", tests),
         ("epsilon", epsilons),
         ("seconds_per_round", seconds),
         ("mb_up_per_round", up),
@@ -220,10 +225,7 @@ def summarize(summary: SettingSummary) -> dict[str, Any]:
     ):
         row[name], row[f"{name}_std"] = _mean_std(values)
     row["delta"] = max((d for d in deltas if d is not None), default=None)
-    row["accuracy_source"] = (
-        summary.runs[0]["final"].get("accuracy_source") if summary.runs else None
-    )
-    row["curves"] = [_accuracy_curve(r) for r in summary.runs]
+    row["curves"] = [_accuracy_curve(r, "evaluate") for r in summary.runs]
     return row
 
 
@@ -237,28 +239,35 @@ COLUMNS = (
     ("setting", "setting"),
     ("final accuracy", "final_accuracy", 4),
     ("best accuracy", "best_accuracy", 4),
+    ("test accuracy", "test_accuracy", 4),
     ("ε", "epsilon", 2),
     ("s / round", "seconds_per_round", 2),  # rounds >= 2: round 1 includes start-up
     ("MB up / round", "mb_up_per_round", 3),
     ("MB down / round", "mb_down_per_round", 3),
-    ("rounds", "rounds", 1),
+    ("rounds", "rounds", 0),
 )
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
-    """Format the rows as strings, in COLUMNS order plus δ and accuracy source."""
+    """Format the rows as strings, in COLUMNS order plus δ."""
     formatted = []
     for row in rows:
         cells = [row["setting"]]
         for _, key, digits in COLUMNS[1:]:
             cells.append(_fmt(row[key], row[f"{key}_std"], digits))
         cells.append("–" if row["delta"] is None else f"{row['delta']:.1e}")
-        cells.append(row["accuracy_source"] or "–")
         formatted.append(cells)
     return formatted
 
 
-HEADERS = [c[0] for c in COLUMNS] + ["δ", "accuracy on"]
+HEADERS = [c[0] for c in COLUMNS] + ["δ"]
+LEGEND = (
+    "Accuracies: final and best are the federated evaluation (every client's validation "
+    "data, weighted by examples), recorded by every setting; test is the server's held-out "
+    "test set, which the server cannot evaluate under homomorphic encryption (–). ε: the "
+    "largest cumulative ε of any client (local DP) or the client-level ε (central DP). "
+    "s / round: rounds 2 onwards (round 1 includes start-up)."
+)
 
 
 def write_report(rows: list[dict[str, Any]], sweep: Sweep) -> None:
@@ -270,7 +279,7 @@ def write_report(rows: list[dict[str, Any]], sweep: Sweep) -> None:
     title = (
         f"# Privacy settings compared\n\n{sweep.base['strategy']} on {sweep.base['dataset']}, "
         f"{sweep.clients} clients, {sweep.base['num-server-rounds']} rounds, "
-        f"{seeds} seed{'s' if seeds > 1 else ''} (mean ± std).\n\n"
+        f"{seeds} seed{'s' if seeds > 1 else ''} (mean ± std).\n\n{LEGEND}\n\n"
     )
     atomic_write_bytes(sweep.out / "comparison.md", (title + "\n".join(markdown) + "\n").encode())
     buffer = io.StringIO()
@@ -301,39 +310,79 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> None:
         plt.close(fig)
         atomic_write_bytes(out / name, buffer.getvalue())
 
-    fig, axis = plt.subplots(figsize=(8, 5))
-    for row in rows:
+    fig, axis = plt.subplots(figsize=(9, 5))
+    styles = ("-", "--", ":", "-.")
+    for index, row in enumerate(rows):
         curves = [c for c in row["curves"] if c]
         length = min(len(c) for c in curves) if curves else 0
         if length:
             mean = [
                 statistics.fmean(c[i] for c in curves if c[i] is not None) for i in range(length)
             ]
-            axis.plot(range(1, length + 1), mean, marker="o", label=row["setting"])
-    axis.set(xlabel="round", ylabel="accuracy", title="Accuracy per round")
+            axis.plot(
+                range(1, length + 1),
+                mean,
+                marker="os^vDP*"[index % 7],
+                linestyle=styles[index % len(styles)],
+                markersize=7 - index % 3,
+                label=row["setting"],
+            )
+    axis.set(xlabel="round", ylabel="accuracy (federated evaluation)", title="Accuracy per round")
     axis.grid(alpha=0.3)
-    axis.legend()
+    axis.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     save(fig, "accuracy_per_round.png")
 
-    fig, axis = plt.subplots(figsize=(6, 4.5))
+    fig, axis = plt.subplots(figsize=(7, 4.8))
+    private = sorted(
+        (r for r in rows if r["epsilon"] is not None and r["final_accuracy"] is not None),
+        key=lambda r: r["epsilon"],
+    )
+    families: dict[bool, list[dict[str, Any]]] = {}
+    for row in private:
+        families.setdefault(row["setting"].startswith("dp-local"), []).append(row)
+    for is_local, members in families.items():
+        axis.errorbar(
+            [r["epsilon"] for r in members],
+            [r["final_accuracy"] for r in members],
+            yerr=[r["final_accuracy_std"] or 0 for r in members],
+            marker="o",
+            capsize=3,
+            linestyle="-" if is_local else "none",
+            label="local DP (DP-SGD)" if is_local else "other private settings",
+        )
+    for index, row in enumerate(private):
+        axis.annotate(
+            row["setting"],
+            (row["epsilon"], row["final_accuracy"]),
+            textcoords="offset points",
+            xytext=(6, -12 if index % 2 else 6),
+            fontsize=8,
+        )
+    baselines: dict[float, list[str]] = {}
     for row in rows:
-        if row["epsilon"] is not None and row["final_accuracy"] is not None:
-            axis.errorbar(
-                row["epsilon"],
-                row["final_accuracy"],
-                yerr=row["final_accuracy_std"],
-                marker="o",
-                capsize=3,
-                label=row["setting"],
+        if row["epsilon"] is None and row["final_accuracy"] is not None:
+            baselines.setdefault(round(row["final_accuracy"], 3), []).append(row["setting"])
+    for accuracy, names in baselines.items():
+        if names:
+            axis.axhline(accuracy, linestyle="--", alpha=0.6, color="gray")
+            axis.annotate(
+                f"{', '.join(names)} (no DP)",
+                (0, accuracy),
+                xycoords=("axes fraction", "data"),
+                textcoords="offset points",
+                xytext=(4, 3),
+                fontsize=8,
+                color="gray",
             )
     axis.set(
         xlabel="ε (largest cumulative, any client)",
-        ylabel="final accuracy",
+        ylabel="final accuracy (federated evaluation)",
         title="Privacy-utility curve",
+        ylim=(0, 1.05),
     )
     axis.grid(alpha=0.3)
-    if axis.has_data():
-        axis.legend()
+    if private:
+        axis.legend(loc="lower right")
     save(fig, "privacy_utility.png")
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -370,6 +419,7 @@ def print_table(rows: list[dict[str, Any]], console: Console) -> None:
     for cells in table_rows(rows):
         table.add_row(*cells)
     console.print(table)
+    console.print(LEGEND)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -393,7 +443,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fl-compare``."""
     args = parser().parse_args(argv)
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     if args.list:
         print("\n".join(SETTINGS))
         return 0

@@ -88,14 +88,19 @@ def test_tiny_sweep_is_interrupted_resumed_and_reported(tmp_path):
         table = {line[0]: line for line in csv.reader(handle)}
     for setting, row in rows.items():
         results = json.loads((out / "runs" / setting / "seed-0" / "results.json").read_text())
-        assert row["final_accuracy"] == pytest.approx(results["final"]["accuracy"])
+        federated = results["rounds"][-1]["evaluate"]["accuracy"]
+        assert row["final_accuracy"] == pytest.approx(federated)
+        assert row["best_accuracy"] >= row["final_accuracy"]
         assert row["rounds"] == len(results["rounds"])
         up = sum(r["bytes_up"] for r in results["rounds"]) / len(results["rounds"]) / 1e6
         assert row["mb_up_per_round"] == pytest.approx(up)
-        assert table[setting][1] == f"{results['final']['accuracy']:.4f}"
+        assert table[setting][1] == f"{federated:.4f}"
+        if setting == "he":
+            assert row["test_accuracy"] is None and table[setting][3] == "–"
+        else:
+            assert row["test_accuracy"] == pytest.approx(results["final"]["accuracy"])
     assert rows["none"]["epsilon"] is None
     assert rows["dp-central"]["epsilon"] > 0
-    assert rows["he"]["accuracy_source"] == "federated-validation"
     assert rows["he"]["mb_up_per_round"] > rows["none"]["mb_up_per_round"]
     markdown = (out / "comparison.md").read_text()
     for setting in rows:

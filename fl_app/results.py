@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from privacy.files import atomic_write_bytes
 
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.csv"
@@ -38,29 +38,6 @@ CSV_COLUMNS = (
     "server_loss",
     "server_accuracy",
 )
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, overwrite: bool = True) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename.
-
-    Readers see either the old or the new content, never a partial file. ``mode``
-    sets the file's permissions (0o600 for secrets). With ``overwrite=False`` the
-    temporary file is hard-linked to ``path`` instead, which raises
-    ``FileExistsError`` if ``path`` exists: an existing file is never replaced.
-    """
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, mode)
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def create_run_directory(output_dir: str, base: Path) -> Path:

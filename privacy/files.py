@@ -1,4 +1,4 @@
-"""Writing secret files safely: complete or absent, owner-only, never replacing one."""
+"""Writing files safely: complete or absent, never a partial file, never a lost one."""
 
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ import tempfile
 from pathlib import Path
 
 
-def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Create ``path`` with ``data``; raise ``FileExistsError`` if it already exists.
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename.
 
-    The bytes go to a temporary file in the same directory first (mode ``mode``,
-    owner-only by default), which is then hard-linked to ``path``: the link fails
-    if ``path`` exists, so concurrent writers cannot replace each other's file and
-    readers never see a partial one. Missing parent directories are created with
-    mode 0o700.
+    Readers see either the old or the new content, never a partial file. ``mode``
+    sets the file's permissions (0o600 for secrets). With ``overwrite=False`` the
+    temporary file is hard-linked to ``path`` instead, which raises
+    ``FileExistsError`` if ``path`` exists: an existing file is never replaced, and
+    concurrent writers cannot replace each other's file.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(handle, mode)
@@ -24,6 +23,23 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        os.link(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Create ``path`` with ``data`` (owner-only by default); never replace a file.
+
+    Missing parent directories are created with mode 0o700.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` already exists.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    atomic_write_bytes(path, data, mode, overwrite=False)

@@ -10,12 +10,12 @@ is reported, never replaced: spent privacy budget is never forgotten.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from privacy.files import atomic_write_bytes
 
 FORMAT_VERSION = 1
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -120,12 +120,4 @@ def write_ledger(path: Path, record: LedgerRecord) -> None:
             f"state ({len(record.sessions)} sessions / {record.total_steps()} steps) does not keep"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(record.to_json())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_bytes(path, record.to_json().encode(), mode=0o600)

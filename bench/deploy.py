@@ -11,7 +11,7 @@ the app imported), which a deployed SuperNode pays for every message, since
 Flower 1.41 runs each message in a new ``flwr-clientapp`` process.
 
     python bench/deploy.py              # 2 SuperNodes x 10 rounds
-    python bench/deploy.py --tiny       # 2 SuperNodes x 2 rounds (used by the tests)
+    python bench/deploy.py --tiny       # 2 SuperNodes x 1 round (used by the tests)
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ from deploy.federation import Federation  # noqa: E402
 from deploy.nodes import default_names, prepare_supernodes  # noqa: E402
 from deploy.tls import ensure_tls  # noqa: E402
 from fl_app.config import RunConfig  # noqa: E402
-from fl_app.local_simulation import LocalSuperLink, RunOutcome  # noqa: E402
+from tools.app_source import AppSource  # noqa: E402
+from tools.flwr_run import RunOutcome  # noqa: E402
+from tools.local_superlink import LocalSuperLink  # noqa: E402
 
 NUM_NODES = 2
 
@@ -68,7 +70,8 @@ def deployed(config: RunConfig, workdir: Path) -> dict[str, Any]:
         startup = time.perf_counter() - started
         run_started = time.perf_counter()
         outcome = federation.run(
-            ROOT, {**config.to_dict(), "output-dir": str(workdir / "deployed-results")}
+            AppSource.from_directory(ROOT),
+            {**config.to_dict(), "output-dir": str(workdir / "deployed-results")},
         )
         wall = time.perf_counter() - run_started
     return {"startup_seconds": startup, **round_stats(outcome, wall)}
@@ -81,7 +84,7 @@ def simulated(config: RunConfig, workdir: Path) -> dict[str, Any]:
         startup = time.perf_counter() - started
         run_started = time.perf_counter()
         outcome = link.run(
-            ROOT,
+            AppSource.from_directory(ROOT),
             {**config.to_dict(), "output-dir": str(workdir / "simulated-results")},
             num_supernodes=NUM_NODES,
         )
@@ -104,13 +107,13 @@ def main() -> None:
     """Run both sides, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--tiny", action="store_true", help="2 rounds")
+    parser.add_argument("--tiny", action="store_true", help="1 round")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "deploy.json")
     args = parser.parse_args()
-    rounds = 2 if args.tiny else args.rounds
+    rounds = 1 if args.tiny else args.rounds
     config = RunConfig(num_server_rounds=rounds)
     load_before = os.getloadavg()[0]
-    startup = clientapp_startup_seconds()
+    startup = clientapp_startup_seconds(1 if args.tiny else 3)
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
         deployment = deployed(config, Path(tmp))
         simulation = simulated(config, Path(tmp))

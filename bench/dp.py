@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 from fl_app.config import RunConfig  # noqa: E402
 from fl_app.data import DATASETS, embedded_client_data  # noqa: E402
-from fl_app.inprocess_grid import run_server_app_in_process  # noqa: E402
 from fl_app.model import build_model  # noqa: E402
 from fl_app.task import to_tensors, train  # noqa: E402
 from privacy.dp import PrivacyBudget, make_private, train_private  # noqa: E402
+from testing.inprocess_grid import run_server_app_in_process  # noqa: E402
 
 
 def client_data(config: RunConfig, num_clients: int) -> Any:

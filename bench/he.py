@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 from fl_app.config import RunConfig  # noqa: E402
 from fl_app.data import embedded_client_data  # noqa: E402
-from fl_app.inprocess_grid import run_server_app_in_process  # noqa: E402
 from fl_app.model import MLP, build_model  # noqa: E402
 from fl_app.task import train  # noqa: E402
 from privacy import he  # noqa: E402
 from strategies.core import weighted_average  # noqa: E402
+from testing.inprocess_grid import run_server_app_in_process  # noqa: E402
 
 HIDDEN_1M = 13_333  # MLP(64 -> 13,333 -> 10): 1,000,008 parameters
 

@@ -29,10 +29,11 @@ sys.path.insert(0, str(ROOT))
 from fl_app.client_app import training_seed  # noqa: E402
 from fl_app.config import RunConfig  # noqa: E402
 from fl_app.data import embedded_client_data  # noqa: E402
-from fl_app.local_simulation import LocalSuperLink  # noqa: E402
 from fl_app.server_app import initial_model, make_server_evaluate  # noqa: E402
 from fl_app.task import evaluate, train  # noqa: E402
 from strategies.core import weighted_average  # noqa: E402
+from tools.app_source import AppSource  # noqa: E402
+from tools.local_superlink import LocalSuperLink  # noqa: E402
 
 
 def plain_fedavg(config: RunConfig, num_clients: int) -> dict[str, float]:
@@ -96,7 +97,7 @@ def flower_fedavg(config: RunConfig, num_clients: int, workdir: Path) -> dict[st
     with LocalSuperLink(workdir / "flwr-home", cwd=workdir) as link:
         superlink_seconds = time.perf_counter() - started
         outcome = link.run(
-            ROOT,
+            AppSource.from_directory(ROOT),
             {**config.to_dict(), "output-dir": str(workdir / "results")},
             num_supernodes=num_clients,
         )

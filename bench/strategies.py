@@ -7,7 +7,7 @@ x10 (``w_global - 10 (w_local - w_global)``; for FedSGD ``-10 * gradient``).
 Krum and Multi-Krum assume ``num-malicious = 2`` in every setting. For each run:
 final server test accuracy, the first round reaching 95 % test accuracy, and wall
 seconds. Runs the real ServerApp and ClientApp in-process (no transport); the
-attack is injected by a reply hook (``bench/faults.py``), not by any run-config key.
+attack is injected by a reply hook (``testing/faults.py``), not by any run-config key.
 
     python bench/strategies.py            # full: 10 clients x 20 rounds (~10 min)
     python bench/strategies.py --tiny     # 4 clients x 2 rounds (used by the tests)
@@ -32,9 +32,9 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.faults import sign_flip_hook  # noqa: E402
-from fl_app.inprocess_grid import ReplyHook, run_server_app_in_process  # noqa: E402
 from strategies import STRATEGIES  # noqa: E402
+from testing.faults import sign_flip_hook  # noqa: E402
+from testing.inprocess_grid import ReplyHook, run_server_app_in_process  # noqa: E402
 
 TARGET = 0.95
 SCENARIOS: dict[str, dict[str, Any]] = {

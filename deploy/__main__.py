@@ -26,9 +26,8 @@ from deploy.nodes import SuperNodeSpec, default_names, prepare_supernodes
 from deploy.processes import ProcessError
 from deploy.tls import TlsFiles, ensure_tls
 from fl_app.config import ConfigError, parse_run_config
-from fl_app.local_simulation import SimulationError
-
-APP_DIR = Path(__file__).resolve().parent.parent
+from tools.app_source import AppSource
+from tools.flwr_run import SimulationError
 
 
 def _toml_value(text: str) -> Any:
@@ -142,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         with Federation(directory, tls, host=args.bind, port=args.port) as federation:
             federation.start(specs)
-            outcome = federation.run(APP_DIR, overrides, timeout=args.timeout)
+            outcome = federation.run(AppSource.installed(), overrides, timeout=args.timeout)
         final = outcome.results["final"]
         log(INFO, "Run finished: %s", final)
         print(f"Results: {outcome.results_dir} (accuracy {final['accuracy']}, {final['status']})")

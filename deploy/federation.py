@@ -22,7 +22,6 @@ Layout under the deployment directory (besides ``ca/``, ``superlink/`` and
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import time
 import urllib.error
@@ -40,34 +39,20 @@ from deploy.node_keys import node_directory
 from deploy.nodes import SuperNodeSpec
 from deploy.processes import ManagedProcess, ProcessError
 from deploy.tls import TlsFiles, certificate_hosts
-from fl_app.local_simulation import RunOutcome, free_port, run_flwr, start_flwr_run, venv_bin
+from tools.app_source import AppSource
+from tools.flwr_run import (
+    RunOutcome,
+    flower_env,
+    free_port,
+    run_flwr,
+    start_flwr_run,
+    venv_bin,
+)
 
 CONNECTION = "deployment"
 STARTUP_TIMEOUT = 60.0
 CLI_TIMEOUT = 60.0
-SUPEREXEC_POLL_SECONDS = 0.05
 _BIND_ALL = ("0.0.0.0",)
-
-
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Return the environment for Flower commands with their home in ``flwr_home``.
-
-    Runtime dependency installation, the update check and telemetry are off (all
-    dependencies are installed; nothing contacts the internet). SuperExec asks for
-    new tasks every 50 ms instead of every second (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``).
-    """
-    env = dict(os.environ)
-    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(SUPEREXEC_POLL_SECONDS))
-    env.update(
-        {
-            "FLWR_HOME": str(flwr_home),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "PATH": f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}",
-        }
-    )
-    return env
 
 
 class Federation:
@@ -287,7 +272,7 @@ class Federation:
         self.wait_online([s.name for s in specs])
 
     # ------------------------------------------------------------------- runs
-    def run(self, app_dir: Path, run_config: dict[str, Any], timeout: float = 900.0) -> RunOutcome:
+    def run(self, app: AppSource, run_config: dict[str, Any], timeout: float = 900.0) -> RunOutcome:
         """Submit ``flwr run <app> deployment --stream`` and return the finished run.
 
         ``output-dir`` defaults to ``outputs/<UTC time>`` under the deployment
@@ -300,7 +285,7 @@ class Federation:
             output_dir if output_dir.is_absolute() else self.directory / output_dir
         )
         handle = start_flwr_run(
-            app_dir,
+            app,
             CONNECTION,
             config,
             env=flower_env(self.flwr_home),

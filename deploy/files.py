@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fl_app.results import atomic_write_bytes
+from privacy.files import atomic_write_bytes
 
 
 class DeployError(RuntimeError):
@@ -14,7 +14,7 @@ class DeployError(RuntimeError):
 def write_new_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Create ``path`` with ``data``; refuse if it exists.
 
-    Written atomically (:func:`fl_app.results.atomic_write_bytes`): readers never
+    Written atomically (:func:`privacy.files.atomic_write_bytes`): readers never
     see a partial file, and an existing file (a key, a certificate) is never
     replaced.
 

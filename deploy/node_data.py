@@ -1,7 +1,7 @@
 """Each SuperNode's data file: for a demo, its partition of the embedded dataset.
 
 A real silo points its SuperNode at its own file (node-config ``data-path``; see
-the README for the format). For a demo, :func:`write_demo_partitions` writes node
+docs/configuration.md for the format). For a demo, :func:`write_demo_partitions` writes node
 ``i``'s share of the embedded dataset to ``nodes/<name>/data.npz`` (arrays ``x``,
 ``y``): exactly the samples simulated client ``i`` gets from the same run config,
 before its train/validation split. A SuperNode started with ``partition-id = i``

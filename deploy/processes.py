@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -28,6 +29,7 @@ class ProcessError(RuntimeError):
     """A deployment process exited or did not become ready in time."""
 
 
+@dataclass
 class ManagedProcess:
     """One command run in its own session, with stdout and stderr in a log file.
 
@@ -45,16 +47,13 @@ class ManagedProcess:
         Where its output goes (appended).
     """
 
-    def __init__(
-        self, name: str, command: list[str], env: dict[str, str], cwd: Path, log_path: Path
-    ) -> None:
-        self.name = name
-        self.command = command
-        self.env = env
-        self.cwd = cwd
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self._tree: list[psutil.Process] | None = None
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    cwd: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _tree: list[psutil.Process] | None = field(default=None, init=False)
 
     @property
     def pid(self) -> int:

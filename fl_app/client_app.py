@@ -3,7 +3,9 @@
 A train reply carries the new weights (or, for FedSGD, the gradient), the local
 ``num-examples``, train loss and accuracy, and the evaluation of the *received*
 global model on the validation split (``eval-*`` keys), so the server needs no
-separate evaluate exchange per round.
+separate evaluate exchange per round. Homomorphic encryption attaches as a mod
+(:func:`fl_app.he.client.he_mod`); local differential privacy trains with DP-SGD
+(:mod:`fl_app.dp.local`).
 """
 
 from __future__ import annotations
@@ -26,15 +28,26 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from fl_app.config import NodeConfig, RunConfig, parse_node_config, parse_run_config
+from fl_app.config import NodeConfig, RunConfig, node_config_of, run_config_of
 from fl_app.data import DATASETS, ClientData, embedded_client_data, load_local_file, split_train_val
-from fl_app.dp_client import BudgetExceededError, train_with_local_dp
-from fl_app.he_client import encrypted_reply, model_arrays, received_state_dict
+from fl_app.dp.local import train_with_local_dp
+from fl_app.he.client import he_mod
 from fl_app.model import build_model
 from fl_app.task import evaluate, full_batch_gradient, train
-from strategies.base import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
+from privacy import BudgetExceededError
+from strategies.protocol import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    NUM_EXAMPLES_KEY,
+    PROXIMAL_MU_KEY,
+    SERVER_ROUND_KEY,
+    TRAIN_GRADIENT,
+    TRAIN_MODE_KEY,
+    TRAIN_WEIGHTS,
+)
 
-app = ClientApp()
+app = ClientApp(mods=[he_mod])
 
 
 @dataclass(frozen=True)
@@ -64,8 +77,8 @@ def client_setup(context: Context) -> ClientSetup:
     file of simulated partition ``i`` (``deploy/node_data.py``) with
     ``partition-id = i`` trains on exactly what simulated client ``i`` does.
     """
-    config = parse_run_config(context.run_config)
-    node = parse_node_config(context.node_config)
+    config = run_config_of(context)
+    node = node_config_of(context)
     if node.data_path is not None:
         data = _local_file_data(
             node.data_path,
@@ -90,18 +103,11 @@ def client_setup(context: Context) -> ClientSetup:
     return ClientSetup(config, node, data)
 
 
-def _model_from(message: Message, setup: ClientSetup, context: Context) -> torch.nn.Module:
-    """Build the global model a message carries (decrypting it under HE)."""
-    config = setup.config
+def _model_from(message: Message, config: RunConfig) -> torch.nn.Module:
+    """Build the global model a message carries."""
     spec = DATASETS[config.dataset]
     model = build_model(config.model, spec.input_shape, spec.num_classes, config.dp == "local")
-    state = received_state_dict(
-        message.content[ARRAYS_KEY],
-        message.content.config_records.get(CONFIG_KEY, ConfigRecord()),
-        model.state_dict(),
-        context.node_config,
-    )
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict(), strict=True)
     return model
 
 
@@ -119,11 +125,11 @@ def train_locally(
     """Train ``model`` in place on the local train split; return the train metrics.
 
     With ``dp = "local"`` training is DP-SGD and ``state`` (``Context.state``) keeps
-    the privacy ledger between rounds (see :mod:`fl_app.dp_client`).
+    the privacy ledger between rounds (see :mod:`fl_app.dp.local`).
     """
     config = setup.config
     seed = training_seed(
-        config.seed, int(round_config.get("server-round", 0)), setup.node.partition_id
+        config.seed, int(round_config.get(SERVER_ROUND_KEY, 0)), setup.node.partition_id
     )
     if config.dp == "local":
         metrics = train_with_local_dp(
@@ -144,7 +150,7 @@ def train_locally(
             learning_rate=config.learning_rate,
             momentum=config.momentum,
             seed=seed,
-            proximal_mu=float(round_config.get("proximal-mu", 0.0)),
+            proximal_mu=float(round_config.get(PROXIMAL_MU_KEY, 0.0)),
         )
         metrics = {"train-loss": result.loss, "train-accuracy": result.accuracy}
     val_loss, val_accuracy = evaluate(model, setup.data.val)
@@ -158,8 +164,7 @@ def train_handler(msg: Message, context: Context) -> Message:
     setup = client_setup(context)
     data = setup.data
     round_config = msg.content[CONFIG_KEY]
-    model = _model_from(msg, setup, context)
-    received = model_arrays(model) if setup.config.he else []
+    model = _model_from(msg, setup.config)
     eval_loss, eval_accuracy = evaluate(model, data.val)
     metrics: dict[str, float | int] = {
         NUM_EXAMPLES_KEY: len(data.train),
@@ -167,7 +172,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         "eval-accuracy": eval_accuracy,
         "eval-num-examples": len(data.val),
     }
-    if round_config.get("train-mode", "weights") == "gradient":
+    if round_config.get(TRAIN_MODE_KEY, TRAIN_WEIGHTS) == TRAIN_GRADIENT:
         gradient = full_batch_gradient(model, data.train)
         arrays = ArrayRecord({k: Array(v) for k, v in gradient.items()})
         metrics["train-loss"], metrics["train-accuracy"] = evaluate(model, data.train)
@@ -177,10 +182,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         except BudgetExceededError as err:  # refused before training: say why
             return Message(Error(code=0, reason=str(err)), reply_to=msg)
         arrays = ArrayRecord(model.state_dict())
-    if setup.config.he:
-        content = encrypted_reply(arrays, received, metrics, setup.config, context.node_config)
-    else:
-        content = RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord(metrics)})
+    content = RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 
@@ -189,7 +191,7 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local validation split."""
     torch.set_num_threads(1)
     setup = client_setup(context)
-    model = _model_from(msg, setup, context)
+    model = _model_from(msg, setup.config)
     loss, accuracy = evaluate(model, setup.data.val)
     metrics = MetricRecord(
         {"loss": loss, "accuracy": accuracy, NUM_EXAMPLES_KEY: len(setup.data.val)}

@@ -13,15 +13,19 @@ import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from fl_app.data import DATASETS, PARTITIONERS
 from fl_app.model import MODEL_KINDS
 from privacy import ACCOUNTANTS
-from strategies import STRATEGIES
-from strategies.base import NUM_EXAMPLES_KEY
-from strategies.quality import QUALITY_METRICS, WEIGHT_BY
+from strategies import LINEAR_STRATEGIES, STRATEGIES
+from strategies.linear import QUALITY_METRICS, WEIGHT_BY
+from strategies.protocol import NUM_EXAMPLES_KEY
+
+if TYPE_CHECKING:
+    from flwr.app import Context
 
 DP_MODES: tuple[str, ...] = ("none", "local", "central")
 
@@ -97,7 +101,7 @@ class RunConfig:
     strategy: str = _option("fedavg", *_one_of(STRATEGIES))
     fraction_train: float = _option(1.0, _fraction, "a number in (0, 1]")
     min_train_nodes: int = _option(2, _at_least(1), "an integer >= 1")
-    # --- strategy parameters (each strategy reads its own; see README) ---
+    # --- strategy parameters (each strategy reads its own; docs/strategies.md) ---
     weight_by: str = _option("val-accuracy", *_one_of(WEIGHT_BY))
     hybrid_mix: float = _option(0.5, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
     server_learning_rate: float = _option(
@@ -114,15 +118,13 @@ class RunConfig:
     )
     trim_beta: float = _option(0.2, lambda v: 0.0 <= v < 0.5, "a number in [0, 0.5)")
     num_malicious: int = _option(0, _at_least(0), "an integer >= 0")
-    num_krum_selected: int = _option(
-        0, _at_least(0), "an integer >= 0 (0 = all but num-malicious)"
-    )
+    num_krum_selected: int = _option(0, _at_least(0), "an integer >= 0 (0 = all but num-malicious)")
     # --- homomorphic encryption ---
     he: bool = _option(False, None, "true or false")
     he_public_context: str = _option(
         "", None, "a path to the public HE context ('' = $FLWR_HOME/he/public.ctx)"
     )
-    # --- differential privacy (README: Differential privacy) ---
+    # --- differential privacy (docs/differential-privacy.md) ---
     dp: str = _option("none", *_one_of(DP_MODES))
     dp_target_epsilon: float = _option(
         8.0, _non_negative, "a number >= 0 (0 = no ceiling; then give a noise multiplier)"
@@ -281,18 +283,25 @@ def _strategy_errors(config: RunConfig) -> list[str]:
     return errors
 
 
+def _needs_linear(config: RunConfig, feature: str, why: str) -> list[str]:
+    """Return the error of a feature that needs a linear strategy, if the strategy is not."""
+    if config.strategy in LINEAR_STRATEGIES:
+        return []
+    return [
+        f"run-config key 'strategy' = '{config.strategy}' cannot be used with {feature}: "
+        f"{why}; use one of {', '.join(repr(n) for n in LINEAR_STRATEGIES)}"
+    ]
+
+
 def _he_errors(config: RunConfig) -> list[str]:
     """Return why ``he = true`` cannot work with the rest of the config, if it cannot."""
     if not config.he:
         return []
-    errors = []
-    if not STRATEGIES[config.strategy].linear:
-        errors.append(
-            f"run-config key 'strategy' = '{config.strategy}' cannot be used with he = true: "
-            "homomorphic encryption needs a linear aggregation (a weighted sum of the "
-            "updates); use one of "
-            + ", ".join(repr(name) for name, cls in STRATEGIES.items() if cls.linear)
-        )
+    errors = _needs_linear(
+        config,
+        "he = true",
+        "homomorphic encryption needs a linear aggregation (a weighted sum of the updates)",
+    )
     if config.max_update_norm > 0:
         errors.append(
             f"run-config key 'max-update-norm' = {config.max_update_norm:g} cannot be used "
@@ -309,24 +318,36 @@ def _he_errors(config: RunConfig) -> list[str]:
 def _dp_errors(config: RunConfig) -> list[str]:
     """Return the errors of the differential-privacy keys taken together."""
     errors = []
-    if config.dp == "local" and config.dp_target_epsilon == 0 and config.dp_noise_multiplier == 0:
-        errors.append(
-            "run-config 'dp' = 'local' needs a budget: 'dp-target-epsilon' > 0 (the noise is "
-            "calibrated to it) or 'dp-noise-multiplier' > 0; both are 0"
-        )
+    if config.dp == "local":
+        if config.dp_target_epsilon == 0 and config.dp_noise_multiplier == 0:
+            errors.append(
+                "run-config 'dp' = 'local' needs a budget: 'dp-target-epsilon' > 0 (the noise "
+                "is calibrated to it) or 'dp-noise-multiplier' > 0; both are 0"
+            )
+        if STRATEGIES[config.strategy].sends_gradient:
+            errors.append(
+                f"run-config 'dp' = 'local' cannot be used with strategy '{config.strategy}': "
+                "DP-SGD trains a model, but this strategy asks clients for a full-batch "
+                "gradient; use dp = 'central' or a model-averaging strategy"
+            )
+        if STRATEGIES[config.strategy].changes_client_loss:
+            errors.append(
+                f"run-config 'dp' = 'local' cannot be used with strategy '{config.strategy}': "
+                "DP-SGD trains on the plain loss and would silently drop the strategy's "
+                "proximal term; use 'fedavg' (or dp = 'central')"
+            )
     if config.dp == "central":
         if config.dp_target_epsilon == 0 and config.dp_central_noise_multiplier == 0:
             errors.append(
                 "run-config 'dp' = 'central' needs 'dp-target-epsilon' > 0 (the server noise "
                 "is calibrated to it) or 'dp-central-noise-multiplier' > 0; both are 0"
             )
-        if not STRATEGIES[config.strategy].linear:
-            linear = sorted(name for name, cls in STRATEGIES.items() if cls.linear)
-            errors.append(
-                f"run-config 'dp' = 'central' is invalid with strategy '{config.strategy}': "
-                "client-level DP clips and noises a (weighted) mean of updates, which this "
-                f"strategy does not compute; use one of {', '.join(linear)}"
-            )
+        errors += _needs_linear(
+            config,
+            "dp = 'central'",
+            "client-level DP clips and noises a (weighted) mean of updates, which this "
+            "strategy does not compute",
+        )
     return errors
 
 
@@ -339,9 +360,7 @@ class NodeConfig:
     data_path: Path | None = None
     label_column: str = "label"
     dp_state_dir: Path | None = None
-
-
-NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", "label-column", "dp-state-dir")
+    he_secret_context: Path | None = None
 
 
 def parse_node_config(node_config: Mapping[str, Any]) -> NodeConfig:
@@ -375,13 +394,38 @@ def parse_node_config(node_config: Mapping[str, Any]) -> NodeConfig:
     label_column = node_config.get("label-column", "label")
     if not isinstance(label_column, str) or not label_column:
         raise ConfigError(f"node-config 'label-column' = {label_column!r} must be a name")
-    dp_state_dir = node_config.get("dp-state-dir", "")
-    if not isinstance(dp_state_dir, str):
-        raise ConfigError(f"node-config 'dp-state-dir' = {dp_state_dir!r} must be a directory path")
     return NodeConfig(
         partition_id,
         num_partitions,
         data_path,
         label_column,
-        Path(dp_state_dir).expanduser() if dp_state_dir else None,
+        _optional_path(node_config, "dp-state-dir", "a directory path"),
+        _optional_path(node_config, "he-secret-context", "a path to the secret HE context"),
     )
+
+
+def _optional_path(node_config: Mapping[str, Any], key: str, allowed: str) -> Path | None:
+    value = node_config.get(key, "")
+    if not isinstance(value, str):
+        raise ConfigError(f"node-config '{key}' = {value!r} is invalid: must be {allowed}")
+    return Path(value).expanduser() if value else None
+
+
+@lru_cache(maxsize=8)
+def _parsed_run_config(items: frozenset[tuple[str, Any]]) -> RunConfig:
+    return parse_run_config(dict(items))
+
+
+@lru_cache(maxsize=64)
+def _parsed_node_config(items: frozenset[tuple[str, Any]]) -> NodeConfig:
+    return parse_node_config(dict(items))
+
+
+def run_config_of(context: Context) -> RunConfig:
+    """Return the parsed run config of a ClientApp's context (parsed once per content)."""
+    return _parsed_run_config(frozenset(context.run_config.items()))
+
+
+def node_config_of(context: Context) -> NodeConfig:
+    """Return the parsed node config of a ClientApp's context (parsed once per content)."""
+    return _parsed_node_config(frozenset(context.node_config.items()))

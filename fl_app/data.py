@@ -1,6 +1,6 @@
 """Data: embedded datasets, the server's held-out test set, client partitions, local files.
 
-The flow (seed 003): the server holds out a stratified test set that no client sees;
+The flow: the server holds out a stratified test set that no client sees;
 the rest (the pool) is split among clients by a flwr-datasets partitioner; each
 client splits its partition into train and validation parts. Every step is
 deterministic from the run's ``seed``. A SuperNode in a real deployment instead
@@ -10,6 +10,9 @@ trains on its own file (node-config ``data-path``).
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from privacy.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
@@ -83,18 +88,56 @@ DATASETS: dict[str, DatasetSpec] = {
 PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet", "pathological")
 
 
+SPLIT_CACHE_VERSION = 1
+
+
+def _split_cache_file(dataset: str, test_fraction: float, seed: int) -> Path:
+    """Return where the split of an embedded dataset is cached for other processes.
+
+    Every simulated ClientApp needs the server's pool to cut its partition; reading it
+    from this file spares each process importing scikit-learn (about 1.5 s). The file
+    lives in ``$FLWR_HOME/cache`` (``~/.flwr`` without ``FLWR_HOME``), which the
+    ServerApp and ClientApps of a simulation share.
+    """
+    key = f"{SPLIT_CACHE_VERSION}:{dataset}:{test_fraction!r}:{seed}".encode()
+    home = Path(os.environ.get("FLWR_HOME") or "~/.flwr").expanduser()
+    return home / "cache" / f"split-{hashlib.sha256(key).hexdigest()[:24]}.npz"
+
+
+def _read_cached_split(path: Path) -> tuple[Split, Split] | None:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = [archive[name] for name in ("pool_x", "pool_y", "test_x", "test_y")]
+    except (OSError, ValueError, KeyError):
+        return None
+    return Split(arrays[0], arrays[1]), Split(arrays[2], arrays[3])
+
+
+def _write_cached_split(path: Path, pool: Split, test: Split) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, pool_x=pool.x, pool_y=pool.y, test_x=test.x, test_y=test.y)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue(), mode=0o600)
+
+
 @lru_cache(maxsize=8)
 def server_split(dataset: str, test_fraction: float, seed: int) -> tuple[Split, Split]:
     """Split an embedded dataset into the client pool and the server's test set.
 
     The test set is stratified by label. Tabular features are standardized with the
-    pool's statistics (a fixed, public preprocessing step of the demo dataset).
+    pool's statistics (a fixed, public preprocessing step of the demo dataset). The
+    result is cached on disk for the other processes of a simulation
+    (:func:`_split_cache_file`).
 
     Returns
     -------
     tuple[Split, Split]
         ``(pool, test)``.
     """
+    cache = _split_cache_file(dataset, test_fraction, seed)
+    cached = _read_cached_split(cache)
+    if cached is not None:
+        return cached
     from sklearn.model_selection import train_test_split
 
     spec = DATASETS[dataset]
@@ -105,7 +148,9 @@ def server_split(dataset: str, test_fraction: float, seed: int) -> tuple[Split, 
     if spec.standardize:
         mean, std = x_pool.mean(axis=0), x_pool.std(axis=0) + 1e-8
         x_pool, x_test = (x_pool - mean) / std, (x_test - mean) / std
-    return _as_split(x_pool, y_pool), _as_split(x_test, y_test)
+    pool, test = _as_split(x_pool, y_pool), _as_split(x_test, y_test)
+    _write_cached_split(cache, pool, test)
+    return pool, test
 
 
 def _as_split(x: np.ndarray, y: np.ndarray) -> Split:
@@ -115,14 +160,8 @@ def _as_split(x: np.ndarray, y: np.ndarray) -> Split:
 def _make_partitioner(
     name: str, num_partitions: int, seed: int, alpha: float, labels_per_client: int
 ) -> Partitioner:
-    from flwr_datasets.partitioner import (
-        DirichletPartitioner,
-        IidPartitioner,
-        PathologicalPartitioner,
-    )
+    from flwr_datasets.partitioner import DirichletPartitioner, PathologicalPartitioner
 
-    if name == "iid":
-        return IidPartitioner(num_partitions=num_partitions)
     if name == "dirichlet":
         return DirichletPartitioner(
             num_partitions=num_partitions,
@@ -151,10 +190,11 @@ def partition_indices(
     alpha: float = 0.5,
     labels_per_client: int = 2,
 ) -> tuple[np.ndarray, ...]:
-    """Assign sample indices to partitions with a flwr-datasets partitioner.
+    """Assign sample indices to partitions as flwr-datasets' partitioners do.
 
     The partitioner runs over an in-memory ``datasets.Dataset`` of the labels,
-    shuffled with ``seed`` first so that IID partitions are random draws.
+    shuffled with ``seed`` first so that IID partitions are random draws; IID
+    partitions are computed in numpy with the same result (:func:`iid_indices`).
 
     Returns
     -------
@@ -162,10 +202,12 @@ def partition_indices(
         One array of indices into ``labels`` per partition; together they cover
         each sample at most once.
     """
-    from datasets import Dataset
-
     if num_partitions > len(labels):
         raise DataError(f"cannot split {len(labels)} samples among {num_partitions} clients")
+    if partitioner == "iid":
+        return iid_indices(len(labels), num_partitions, seed)
+    from datasets import Dataset
+
     table = Dataset.from_dict({"label": list(labels), "index": list(range(len(labels)))}).shuffle(
         seed=seed
     )
@@ -183,6 +225,17 @@ def partition_indices(
             f"partitioner '{partitioner}' failed for {num_partitions} clients "
             f"(dirichlet-alpha={alpha}, labels-per-client={labels_per_client}): {err}"
         ) from err
+
+
+def iid_indices(size: int, num_partitions: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Return flwr-datasets' IID partitions of ``size`` samples shuffled with ``seed``, in numpy.
+
+    The same indices as ``IidPartitioner`` over a ``datasets.Dataset`` shuffled with
+    ``seed`` (a seeded permutation cut into contiguous, near-equal shards; checked by
+    a test), without importing ``datasets`` in every client process.
+    """
+    permutation = np.random.default_rng(seed).permutation(size)
+    return tuple(np.sort(part) for part in np.array_split(permutation, num_partitions))
 
 
 def split_train_val(data: Split, val_fraction: float, seed: int) -> ClientData:
@@ -227,7 +280,7 @@ def load_local_file(path: Path, spec: DatasetSpec, label_column: str = "label") 
     path : Path
         ``.npz`` with arrays ``x`` and ``y``, or ``.csv`` with a header row, one
         label column and numeric feature columns. Features must already be
-        preprocessed the way the embedded dataset is (see README).
+        preprocessed the way the embedded dataset is (docs/configuration.md).
     spec : DatasetSpec
         The dataset the run trains on; the file must have its feature count.
     label_column : str

@@ -61,7 +61,7 @@ def resolve_model_kind(kind: str, input_shape: tuple[int, ...], dp_sgd: bool = F
 
     ``auto`` picks a CNN for images, else an MLP — and the MLP for DP-SGD training
     (``dp_sgd``): DP-SGD's noise grows with the parameter count, and on digits the
-    MLP (4.8k parameters) reaches far higher accuracy at equal ε than the CNN (35k;
+    MLP (4.8k parameters) reaches far higher accuracy at equal ε than the CNN (38k;
     see ``bench/dp.py``).
     """
     if kind == "auto":

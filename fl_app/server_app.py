@@ -15,24 +15,30 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fl_app.central_dp import build_strategy
-from fl_app.checkpoint import (
+from fl_app.config import ConfigError, RunConfig, parse_run_config
+from fl_app.data import DATASETS, server_split
+from fl_app.dp.local import LEDGER_ID_KEY
+from fl_app.he.records import is_encrypted
+from fl_app.he.server import EncryptedAggregation
+from fl_app.model import build_model, resolve_model_kind
+from fl_app.server.checkpoint import (
     Checkpoint,
     CheckpointError,
     check_resumable,
     load_checkpoint,
     save_checkpoint,
 )
-from fl_app.config import ConfigError, RunConfig, parse_run_config
-from fl_app.data import DATASETS, server_split
-from fl_app.dp_summary import final_privacy
-from fl_app.he_keys import public_context_path
-from fl_app.he_records import is_encrypted
-from fl_app.he_server import EncryptedAggregation
-from fl_app.model import build_model, resolve_model_kind
-from fl_app.results import RunResults, create_run_directory
+from fl_app.server.factory import build_strategy
+from fl_app.server.loop import LoopSettings, ServerEvaluate, TrainingLoop
+from fl_app.server.results import (
+    AccuracySource,
+    FinalRecord,
+    ResultsWriter,
+    RunRecord,
+    RunStatus,
+    create_run_directory,
+)
 from fl_app.task import evaluate
-from fl_app.training_loop import LoopSettings, ServerEvaluate, TrainingLoop
 
 app = ServerApp()
 
@@ -57,20 +63,33 @@ def make_server_evaluate(config: RunConfig) -> ServerEvaluate:
     return server_evaluate
 
 
-def _final_summary(results: RunResults, status: str, seconds: float) -> dict[str, object]:
-    """Return the ``final`` block: the last round's accuracy and where it comes from."""
-    rounds = results.rounds
-    last = rounds[-1] if rounds else results.entry(0)
-    source = "server" if last.get("server") else "evaluate"
-    metrics = last.get(source) or {}
-    return {
-        "accuracy": metrics.get("accuracy"),
-        "loss": metrics.get("loss"),
-        "accuracy_source": "server-test-set" if source == "server" else "federated-validation",
-        "rounds_completed": len(rounds),
-        "status": status,
-        "seconds_total": round(seconds, 3),
-    }
+def final_record(
+    record: RunRecord, config: RunConfig, status: RunStatus, seconds: float
+) -> FinalRecord:
+    """Return the ``final`` block: the last accuracy, where it comes from, privacy spent.
+
+    ``epsilon`` is the largest cumulative ε any client reached (``dp = "local"``:
+    sample-level, per client; ``"central"``: client-level), ``delta`` the largest δ;
+    both are ``None`` without differential privacy.
+    """
+    last = record.rounds[-1] if record.rounds else record.initial
+    source = "server" if last.server else "evaluate"
+    metrics = getattr(last, source)
+    return FinalRecord(
+        accuracy=metrics.get("accuracy"),
+        loss=metrics.get("loss"),
+        accuracy_source=(
+            AccuracySource.SERVER_TEST_SET
+            if source == "server"
+            else AccuracySource.FEDERATED_VALIDATION
+        ).value,
+        rounds_completed=len(record.rounds),
+        status=status.value,
+        seconds_total=round(seconds, 3),
+        dp=config.dp,
+        epsilon=record.largest("dp-epsilon"),
+        delta=record.largest("dp-delta"),
+    )
 
 
 def _load_resume_checkpoint(config: RunConfig) -> Checkpoint | None:
@@ -93,32 +112,23 @@ def main(grid: Grid, context: Context) -> None:
         log(ERROR, "Invalid run config, nothing was trained: %s", err)
         raise
     torch.set_num_threads(1)
-    strategy = build_strategy(config)
     model = initial_model(config)
-    if config.he:
-        strategy = EncryptedAggregation(
-            strategy,
-            public_context_path(config.he_public_context),
-            {k: v.numpy() for k, v in model.state_dict().items()},
-        )
+    strategy = build_strategy(config, {k: v.numpy() for k, v in model.state_dict().items()})
     directory = create_run_directory(config.output_dir, Path.cwd())
     log(INFO, "Results directory: %s", directory)
     spec = DATASETS[config.dataset]
-    results = RunResults(
-        directory,
-        {
-            "config": config.to_dict(),
-            "strategy": {"name": strategy.name, **strategy.settings()},
-            "model": {
-                "kind": resolve_model_kind(config.model, spec.input_shape, config.dp == "local"),
-                "parameters": sum(p.numel() for p in model.parameters()),
-            },
-            "environment": {
-                "flwr": flwr.__version__,
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-                "run_id": grid.run.run_id,
-            },
+    record = RunRecord(
+        config=config.to_dict(),
+        strategy={"name": strategy.name, **strategy.settings()},
+        model={
+            "kind": resolve_model_kind(config.model, spec.input_shape, config.dp == "local"),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+        environment={
+            "flwr": flwr.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "run_id": grid.run.run_id,
         },
     )
     arrays = ArrayRecord(model.state_dict())
@@ -127,13 +137,11 @@ def main(grid: Grid, context: Context) -> None:
         arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
         strategy.load_state_dict(checkpoint.strategy_state)
         start_round, ledger_id = checkpoint.server_round + 1, checkpoint.ledger_id
-        results.data["initial"] = checkpoint.results["initial"]
-        results.data["rounds"] = checkpoint.results["rounds"]
-        results.data["resumed_from"] = {
-            "path": config.resume_from,
-            "round": checkpoint.server_round,
-        }
+        resumed = RunRecord.from_dict(checkpoint.results)
+        record.initial, record.rounds = resumed.initial, resumed.rounds
+        record.resumed_from = {"path": config.resume_from, "round": checkpoint.server_round}
         log(INFO, "Resuming after round %d from %s", checkpoint.server_round, config.resume_from)
+    results = ResultsWriter(directory, record)
 
     def save_round(server_round: int, round_arrays: ArrayRecord) -> None:
         save_checkpoint(
@@ -142,7 +150,7 @@ def main(grid: Grid, context: Context) -> None:
                 server_round=server_round,
                 arrays={k: v.numpy() for k, v in round_arrays.items()},
                 strategy_state=strategy.state_dict(),
-                results=json.loads(json.dumps(results.data)),
+                results=json.loads(json.dumps(record.to_dict())),
                 config=config.to_dict(),
                 ledger_id=ledger_id,
             ),
@@ -162,15 +170,14 @@ def main(grid: Grid, context: Context) -> None:
         None if config.he else make_server_evaluate(config),
     )
     final_arrays, status = loop.run(
-        arrays, ConfigRecord({"ledger-id": ledger_id}), start_round, save_round
+        arrays, ConfigRecord({LEDGER_ID_KEY: ledger_id}), start_round, save_round
     )
-    if is_encrypted(final_arrays):
+    if is_encrypted(final_arrays) and isinstance(strategy, EncryptedAggregation):
         log(INFO, "Encrypted final model: %s", strategy.save_model(directory, final_arrays))
     else:
         model.load_state_dict(final_arrays.to_torch_state_dict(), strict=True)
         results.save_model(model.state_dict())
-    final = _final_summary(results, status, time.monotonic() - started)
-    results.finish(status, {**final, **final_privacy(config.dp, results.rounds)})
+    results.finish(final_record(record, config, status, time.monotonic() - started))
     results.save_plot()
-    log(INFO, "Final: %s", results.data["final"])
+    log(INFO, "Final: %s", record.final)
     log(INFO, "Results written to %s", directory)

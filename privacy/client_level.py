@@ -15,8 +15,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from privacy.accounting import epsilon_of
-
 Arrays = list[np.ndarray]
 
 
@@ -99,6 +97,8 @@ def client_level_epsilon(
     delta : float
         δ, below 1 / number of clients.
     """
+    from privacy.accounting import epsilon_of  # imports Opacus: only where DP is accounted
+
     if noise_multiplier <= 0:
         return float("inf") if history else 0.0
     entries = [(noise_multiplier, float(q), int(n)) for q, n in history]

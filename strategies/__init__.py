@@ -1,6 +1,8 @@
 """Aggregation strategies: one ``flwr.serverapp.strategy.Strategy`` subclass per method.
 
-``STRATEGIES`` maps each run-config ``strategy`` name to its class.
+``STRATEGIES`` maps each run-config ``strategy`` name to its class. Strategies take
+plain constructor arguments, as Flower's do; they know nothing about the app's run
+config (``fl_app.server.factory`` maps one to the other).
 """
 
 from __future__ import annotations
@@ -40,18 +42,5 @@ STRATEGIES: dict[str, type[BaseStrategy]] = {
     )
 }
 
-
-def strategy_class(name: str) -> type[BaseStrategy]:
-    """Return the strategy class registered under ``name``.
-
-    Raises
-    ------
-    ValueError
-        Naming the unknown strategy and listing the valid ones.
-    """
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown strategy '{name}'; valid: {', '.join(sorted(STRATEGIES))}"
-        ) from None
+LINEAR_STRATEGIES: tuple[str, ...] = tuple(name for name, cls in STRATEGIES.items() if cls.linear)
+"""Strategies that aggregate with a linear rule: the ones encryption and client-level DP accept."""

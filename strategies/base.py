@@ -1,21 +1,27 @@
 """Message plumbing shared by our strategies; each strategy adds only its math.
 
 :class:`BaseStrategy` is a ``flwr.serverapp.strategy.Strategy``: it samples nodes
-deterministically from the run's seed, builds the train and evaluate messages,
-checks every reply against the global model before it can be aggregated, and
-aggregates metrics. A subclass implements :meth:`BaseStrategy.aggregate` over plain
-numpy arrays, usually by calling one function of :mod:`strategies.core`.
+reproducibly from the run's seed, builds the train and evaluate messages, checks every
+reply against the global model before it can be aggregated, and aggregates metrics.
+A subclass implements :meth:`BaseStrategy.aggregate` over plain numpy arrays, usually
+by calling one function of :mod:`strategies.core` or its :class:`LinearRule`.
+
+Besides Flower's ``aggregate_train`` / ``aggregate_evaluate``, every strategy here
+offers :meth:`~RoundStrategy.aggregate_round` and :meth:`~RoundStrategy.evaluate_round`,
+which also return the nodes left out and why: the server's round loop records them
+from the return value, not from state kept in the strategy.
 """
 
 from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import (
@@ -32,17 +38,21 @@ from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from strategies.core import Arrays, equal_weights_if_all_zero, weighted_average
+from strategies.core import Arrays, flatten
+from strategies.linear import LinearRule
+from strategies.protocol import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    EVAL_PREFIX,
+    MAX_METRICS,
+    METRICS_KEY,
+    NUM_EXAMPLES_KEY,
+    SERVER_ROUND_KEY,
+)
 
-if TYPE_CHECKING:
-    from fl_app.config import RunConfig
 
-ARRAYS_KEY = "arrays"
-CONFIG_KEY = "config"
-METRICS_KEY = "metrics"
-NUM_EXAMPLES_KEY = "num-examples"
-EVAL_PREFIX = "eval-"
-MAX_METRICS = frozenset({"dp-epsilon", "dp-delta"})
+class ReplyError(ValueError):
+    """A reply cannot be used; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -69,11 +79,26 @@ class NodeFailure:
 
 
 @dataclass
-class RoundLog:
-    """What the last configure/aggregate calls observed, for the results file."""
+class RoundOutcome:
+    """What aggregating one round's train replies gave.
 
+    ``arrays`` and ``metrics`` are ``None`` when the round was not aggregated (too few
+    valid updates); ``failures`` lists every reply left out, ``client_metrics`` the
+    metrics of every reply that carried valid ones.
+    """
+
+    arrays: ArrayRecord | None
+    metrics: MetricRecord | None
     failures: list[NodeFailure] = field(default_factory=list)
     client_metrics: list[dict[str, float | int]] = field(default_factory=list)
+
+
+@dataclass
+class EvaluateOutcome:
+    """What aggregating evaluation replies gave (``metrics`` None if none was valid)."""
+
+    metrics: MetricRecord | None
+    failures: list[NodeFailure] = field(default_factory=list)
 
 
 def aggregate_metrics(records: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -102,6 +127,28 @@ def aggregate_metrics(records: Sequence[dict[str, float]]) -> dict[str, float]:
     return result
 
 
+def enough_updates(
+    server_round: int, valid: int, minimum: int, what: str = "valid updates"
+) -> bool:
+    """Tell whether a round has ``minimum`` updates; log why not if it has fewer."""
+    if valid >= minimum:
+        return True
+    log(
+        WARNING,
+        "Round %d not aggregated: %d %s, min-train-nodes is %d",
+        server_round,
+        valid,
+        what,
+        minimum,
+    )
+    return False
+
+
+def arrays_record(keys: Sequence[str], arrays: Arrays) -> ArrayRecord:
+    """Return an ArrayRecord of ``arrays`` under ``keys``."""
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(keys, arrays, strict=True)})
+
+
 def _registration_key(node: NodeInfo) -> tuple[datetime, int]:
     """Sort key: registration time (simulated nodes register in partition order)."""
     try:
@@ -113,7 +160,51 @@ def _registration_key(node: NodeInfo) -> tuple[datetime, int]:
     return registered, node.node_id
 
 
-class BaseStrategy(Strategy):
+class RoundStrategy(Strategy):
+    """A Flower strategy whose aggregation also reports the nodes it left out.
+
+    Flower's ``aggregate_train`` and ``aggregate_evaluate`` are implemented on top of
+    :meth:`aggregate_round` and :meth:`evaluate_round`.
+    """
+
+    name: str = ""
+
+    @abstractmethod
+    def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> RoundOutcome:
+        """Aggregate one round's train replies."""
+
+    @abstractmethod
+    def evaluate_round(self, server_round: int, replies: Iterable[Message]) -> EvaluateOutcome:
+        """Aggregate one round's evaluation replies."""
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's API: the new global arrays and the aggregated train metrics."""
+        outcome = self.aggregate_round(server_round, replies)
+        return outcome.arrays, outcome.metrics
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Flower's API: the aggregated evaluation metrics."""
+        return self.evaluate_round(server_round, replies).metrics
+
+    def settings(self) -> dict[str, Any]:
+        """Return the strategy's settings (for logs and results)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the state a checkpoint must keep (e.g. server-optimiser moments)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
+
+
+class BaseStrategy(RoundStrategy):
     """Shared sampling, messaging and reply checks for our aggregation strategies.
 
     Parameters
@@ -135,11 +226,13 @@ class BaseStrategy(Strategy):
         Reject an update whose L2 norm (see :meth:`update_norm`) exceeds this; 0 = off.
     """
 
-    name: ClassVar[str] = ""
     linear: ClassVar[bool] = False
-    """True when the new global arrays are ``finish_linear(sum_k w_k u_k / sum_k w_k)``
-    with ``w_k = client_weight(...)``: such a strategy can aggregate encrypted updates,
-    because each client can weight its own update before encrypting it."""
+    """True when the strategy aggregates with a :class:`LinearRule` (``linear_rule``):
+    such a strategy can aggregate encrypted updates and take client-level DP."""
+    sends_gradient: ClassVar[bool] = False
+    """True when clients reply with a gradient instead of trained weights."""
+    changes_client_loss: ClassVar[bool] = False
+    """True when clients add a term of the strategy's to their training loss (FedProx)."""
 
     def __init__(
         self,
@@ -159,28 +252,11 @@ class BaseStrategy(Strategy):
         self.seed = seed
         self.wait_timeout = wait_timeout
         self.max_update_norm = max_update_norm
+        self.linear_rule: LinearRule | None = None
         self.global_keys: list[str] = []
         self.global_arrays: Arrays = []
-        self.round_log = RoundLog()
         self._rank: dict[int, int] = {}
-        self._sampled_round = 0
-        self._attempt = 0
-
-    @classmethod
-    def from_run_config(cls, config: RunConfig) -> Self:
-        """Build the strategy from the run config (subclasses add their own keys)."""
-        return cls(**cls.common_kwargs(config))
-
-    @staticmethod
-    def common_kwargs(config: RunConfig) -> dict[str, Any]:
-        """Return the constructor arguments every strategy takes from the run config."""
-        return {
-            "fraction_train": config.fraction_train,
-            "min_train_nodes": config.min_train_nodes,
-            "seed": config.seed,
-            "wait_timeout": config.round_timeout,
-            "max_update_norm": config.max_update_norm,
-        }
+        self._train_attempts: defaultdict[int, int] = defaultdict(int)
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> None:
@@ -197,21 +273,8 @@ class BaseStrategy(Strategy):
             self.min_evaluate_nodes,
         )
 
-    def settings(self) -> dict[str, Any]:
-        """Return the strategy-specific settings (for logs and results)."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Return the state a checkpoint must keep (e.g. server-optimiser moments)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        if state:
-            raise ValueError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
-
     # ----------------------------------------------------------------- sampling
-    def _connected_nodes(self, grid: Grid, minimum: int) -> list[int]:
+    def connected_nodes(self, grid: Grid, minimum: int) -> list[int]:
         """Wait (bounded) for ``minimum`` nodes; return them in registration order."""
         deadline = time.monotonic() + self.wait_timeout
         while True:
@@ -236,7 +299,7 @@ class BaseStrategy(Strategy):
 
         A retried round (too few valid updates the first time) draws a new sample.
         """
-        nodes = self._connected_nodes(grid, minimum)
+        nodes = self.connected_nodes(grid, minimum)
         size = min(len(nodes), max(int(len(nodes) * fraction), minimum))
         if size == len(nodes):
             return nodes
@@ -248,17 +311,23 @@ class BaseStrategy(Strategy):
     def round_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
         """Return the config sent with a train message (subclasses add their keys)."""
         record = ConfigRecord(dict(config))
-        record["server-round"] = server_round
+        record[SERVER_ROUND_KEY] = server_round
         return record
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample nodes and send each the global arrays and the round's config."""
+        """Sample nodes and send each the global arrays and the round's config.
+
+        Calling it again for the same round (a retry) draws a new sample.
+        """
         self.global_keys = list(arrays.keys())
         self.global_arrays = [arrays[k].numpy() for k in self.global_keys]
-        self.round_log = RoundLog()
-        node_ids = self.sample_nodes(grid, server_round, self.fraction_train, self.min_train_nodes)
+        attempt = self._train_attempts[server_round]
+        self._train_attempts[server_round] += 1
+        node_ids = self.sample_nodes(
+            grid, server_round, self.fraction_train, self.min_train_nodes, attempt
+        )
         log(INFO, "configure_train: sampled %d nodes", len(node_ids))
         content = RecordDict(
             {ARRAYS_KEY: arrays, CONFIG_KEY: self.round_config(server_round, config)}
@@ -276,7 +345,7 @@ class BaseStrategy(Strategy):
             grid, server_round, self.fraction_evaluate, self.min_evaluate_nodes
         )
         record = ConfigRecord(dict(config))
-        record["server-round"] = server_round
+        record[SERVER_ROUND_KEY] = server_round
         content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: record})
         return [
             Message(content=content, dst_node_id=node, message_type=MessageType.EVALUATE)
@@ -284,44 +353,58 @@ class BaseStrategy(Strategy):
         ]
 
     # ------------------------------------------------------------------ replies
-    def _fail(self, node_id: int, stage: str, reason: str) -> None:
-        log(WARNING, "Node %d left out of %s: %s", node_id, stage, reason)
-        self.round_log.failures.append(NodeFailure(node_id, stage, reason))
-
-    def _ordered(self, replies: Iterable[Message]) -> list[Message]:
+    def order_replies(self, replies: Iterable[Message]) -> list[Message]:
         """Order replies by node rank so that floating-point sums are reproducible."""
         return sorted(
             replies,
             key=lambda m: (self._rank.get(m.metadata.src_node_id, 1 << 62), m.metadata.src_node_id),
         )
 
-    def _metrics_of(self, message: Message, stage: str) -> dict[str, float] | None:
-        node = message.metadata.src_node_id
+    def check_metrics(self, message: Message) -> dict[str, float]:
+        """Return a reply's numeric metrics, checked.
+
+        Raises
+        ------
+        ReplyError
+            For a client error, a missing MetricRecord, a bad ``num-examples``, a
+            non-finite metric or a missing weighting metric.
+        """
         if message.has_error():
-            self._fail(node, stage, f"client error: {message.error.reason}")
-            return None
+            raise ReplyError(f"client error: {message.error.reason}")
         record = message.content.metric_records.get(METRICS_KEY)
         if record is None:
-            self._fail(node, stage, f"reply has no MetricRecord '{METRICS_KEY}'")
-            return None
+            raise ReplyError(f"reply has no MetricRecord '{METRICS_KEY}'")
         metrics = {k: v for k, v in record.items() if isinstance(v, int | float)}
         examples = metrics.get(NUM_EXAMPLES_KEY)
         if not isinstance(examples, int) or isinstance(examples, bool) or examples < 0:
-            self._fail(
-                node, stage, f"'{NUM_EXAMPLES_KEY}' must be an integer >= 0, got {examples!r}"
-            )
-            return None
+            raise ReplyError(f"'{NUM_EXAMPLES_KEY}' must be an integer >= 0, got {examples!r}")
         if not all(np.isfinite(v) for v in metrics.values()):
-            self._fail(node, stage, "reply metrics contain NaN or infinity")
-            return None
+            raise ReplyError("reply metrics contain NaN or infinity")
         return metrics
 
-    def check_arrays(self, record: ArrayRecord | None) -> tuple[Arrays | None, str]:
-        """Check a reply's arrays against the global model; return them or a reason."""
+    def check_weighting(self, metrics: dict[str, float]) -> None:
+        """Raise ReplyError if the linear rule's weighting metric is missing or negative."""
+        key = self.linear_rule.required_metric if self.linear_rule else ""
+        if not key:
+            return
+        if key not in metrics:
+            raise ReplyError(f"reply has no metric '{key}' to weight by")
+        if metrics[key] < 0:
+            raise ReplyError(f"metric '{key}' = {metrics[key]} is negative")
+
+    def check_arrays(self, record: ArrayRecord | None) -> Arrays:
+        """Return a reply's arrays in global key order, checked against the global model.
+
+        Raises
+        ------
+        ReplyError
+            For missing arrays, other keys, shapes or dtypes, non-finite values, or
+            an update norm above ``max_update_norm``.
+        """
         if record is None:
-            return None, f"reply has no ArrayRecord '{ARRAYS_KEY}'"
+            raise ReplyError(f"reply has no ArrayRecord '{ARRAYS_KEY}'")
         if list(record.keys()) != self.global_keys:
-            return None, (
+            raise ReplyError(
                 f"array keys {sorted(record.keys())} differ from the global model's "
                 f"{sorted(self.global_keys)}"
             )
@@ -329,24 +412,28 @@ class BaseStrategy(Strategy):
         for key, like in zip(self.global_keys, self.global_arrays, strict=True):
             value = record[key].numpy()
             if value.shape != like.shape or value.dtype != like.dtype:
-                return None, (
+                raise ReplyError(
                     f"array '{key}' has shape {value.shape} and dtype {value.dtype}; "
                     f"the global model has {like.shape} and {like.dtype}"
                 )
             if not np.all(np.isfinite(value)):
-                return None, f"array '{key}' contains NaN or infinity"
+                raise ReplyError(f"array '{key}' contains NaN or infinity")
             arrays.append(value)
         if self.max_update_norm > 0:
             norm = self.update_norm(arrays)
             if norm > self.max_update_norm:
-                return (
-                    None,
-                    f"update norm {norm:.4g} exceeds max-update-norm {self.max_update_norm:g}",
+                raise ReplyError(
+                    f"update norm {norm:.4g} exceeds max-update-norm {self.max_update_norm:g}"
                 )
-        return arrays, ""
+        return arrays
 
     def update_norm(self, arrays: Arrays) -> float:
-        """L2 norm of a client's change to the global model (all arrays together)."""
+        """L2 norm of a client's change to the global model (all arrays together).
+
+        For gradient replies, the norm of the step the gradient alone would take.
+        """
+        if self.linear_rule is not None and self.linear_rule.sends_gradient:
+            return float(self.linear_rule.gradient_step * np.linalg.norm(flatten(arrays)))
         return float(
             np.sqrt(
                 sum(
@@ -356,84 +443,79 @@ class BaseStrategy(Strategy):
             )
         )
 
-    def collect_updates(self, replies: Iterable[Message]) -> list[ClientUpdate]:
-        """Turn train replies into checked updates; record every rejected reply."""
-        updates = []
-        for message in self._ordered(replies):
-            metrics = self._metrics_of(message, "train")
-            if metrics is None:
-                continue
+    def screen_replies(
+        self, replies: Iterable[Message]
+    ) -> tuple[list[ClientUpdate], list[NodeFailure], list[dict[str, float | int]]]:
+        """Check train replies; return the valid updates, the failures and all metrics."""
+        updates: list[ClientUpdate] = []
+        failures: list[NodeFailure] = []
+        client_metrics: list[dict[str, float | int]] = []
+        for message in self.order_replies(replies):
             node = message.metadata.src_node_id
-            self.round_log.client_metrics.append({"node": node, **metrics})
-            arrays, reason = self.check_arrays(message.content.array_records.get(ARRAYS_KEY))
-            if arrays is None:
-                self._fail(node, "train", reason)
+            try:
+                metrics = self.check_metrics(message)
+                client_metrics.append({"node": node, **metrics})
+                self.check_weighting(metrics)
+                arrays = self.check_arrays(message.content.array_records.get(ARRAYS_KEY))
+            except ReplyError as err:
+                failures.append(report_failure(node, "train", str(err)))
                 continue
             updates.append(ClientUpdate(node, arrays, int(metrics[NUM_EXAMPLES_KEY]), metrics))
-        return updates
+        return updates, failures, client_metrics
 
     # -------------------------------------------------------------- aggregation
     @abstractmethod
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> Arrays:
         """Return the new global arrays from at least ``min_train_nodes`` updates."""
 
-    def client_weight(self, num_examples: int, metrics: Mapping[str, float]) -> float:
-        """Weight of one client's update in a linear aggregate (its examples by default).
-
-        Clients call this too, to weight their own update before encrypting it.
-        """
-        return float(num_examples)
-
-    def finish_linear(self, mean: Arrays, current: Arrays) -> Arrays:
-        """Turn the weighted mean of the updates into the new global arrays.
-
-        Model averaging keeps the mean; FedSGD steps from ``current`` along it.
-        """
-        return mean
-
-    def linear_aggregate(self, updates: list[ClientUpdate]) -> Arrays:
-        """Weighted mean by :meth:`client_weight`, then :meth:`finish_linear`.
+    def linear_aggregate(
+        self, updates: list[ClientUpdate], rule: LinearRule | None = None
+    ) -> Arrays:
+        """Aggregate with ``rule`` (default: the strategy's own :class:`LinearRule`).
 
         When every weight is zero (no examples, or zero quality everywhere) the
         updates are weighted equally, with a warning, rather than dividing by zero.
         """
-        weights, fallback = equal_weights_if_all_zero(
-            [self.client_weight(u.num_examples, u.metrics) for u in updates]
+        rule = rule or self.linear_rule
+        if rule is None:
+            raise TypeError(f"strategy '{self.name}' has no linear rule")
+        new, fallback = rule.aggregate(
+            [u.arrays for u in updates],
+            [rule.weight(u.num_examples, u.metrics) for u in updates],
+            self.global_arrays,
         )
         if fallback:
             log(WARNING, "%s: every client weight is 0; weighting the updates equally", self.name)
-        mean = weighted_average([u.arrays for u in updates], weights)
-        return self.finish_linear(mean, self.global_arrays)
+        return new
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> RoundOutcome:
         """Check the replies, aggregate the valid updates and their metrics."""
-        updates = self.collect_updates(replies)
+        updates, failures, client_metrics = self.screen_replies(replies)
         log(INFO, "aggregate_train: %d valid updates", len(updates))
-        if len(updates) < self.min_train_nodes:
-            log(
-                WARNING,
-                "Round %d not aggregated: %d valid updates, min-train-nodes is %d",
-                server_round,
-                len(updates),
-                self.min_train_nodes,
-            )
-            return None, None
+        if not enough_updates(server_round, len(updates), self.min_train_nodes):
+            return RoundOutcome(None, None, failures, client_metrics)
         new_arrays = self.aggregate(server_round, updates)
         self.global_arrays = new_arrays
-        record = ArrayRecord(
-            {k: Array(np.asarray(v)) for k, v in zip(self.global_keys, new_arrays, strict=True)}
+        return RoundOutcome(
+            arrays_record(self.global_keys, new_arrays),
+            MetricRecord(aggregate_metrics([u.metrics for u in updates])),
+            failures,
+            client_metrics,
         )
-        return record, MetricRecord(aggregate_metrics([u.metrics for u in updates]))
 
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
+    def evaluate_round(self, server_round: int, replies: Iterable[Message]) -> EvaluateOutcome:
         """Aggregate evaluation metrics, weighted by each client's examples."""
-        records = []
-        for message in self._ordered(replies):
-            metrics = self._metrics_of(message, "evaluate")
-            if metrics is not None:
-                records.append(metrics)
-        return MetricRecord(aggregate_metrics(records)) if records else None
+        records, failures = [], []
+        for message in self.order_replies(replies):
+            try:
+                records.append(self.check_metrics(message))
+            except ReplyError as err:
+                failures.append(report_failure(message.metadata.src_node_id, "evaluate", str(err)))
+        metrics = MetricRecord(aggregate_metrics(records)) if records else None
+        return EvaluateOutcome(metrics, failures)
+
+
+def report_failure(node_id: int, stage: str, reason: str) -> NodeFailure:
+    """Log that a node was left out of a stage, and return the failure."""
+    log(WARNING, "Node %d left out of %s: %s", node_id, stage, reason)
+    return NodeFailure(node_id, stage, reason)

@@ -13,7 +13,7 @@ import numpy as np
 Arrays = list[np.ndarray]
 
 
-def _cast_like(value: np.ndarray, like: np.ndarray) -> np.ndarray:
+def cast_like(value: np.ndarray, like: np.ndarray) -> np.ndarray:
     """Return ``value`` in the dtype of ``like`` (integers are rounded, not truncated)."""
     if np.issubdtype(like.dtype, np.integer):
         return np.rint(value).astype(like.dtype)
@@ -65,7 +65,7 @@ def weighted_average(updates: Sequence[Arrays], weights: Sequence[float]) -> Arr
         total = np.zeros(like.shape, dtype=np.float64)
         for update, factor in zip(updates, factors, strict=True):
             total += factor * update[position].astype(np.float64, copy=False)
-        result.append(_cast_like(total, like))
+        result.append(cast_like(total, like))
     return result
 
 
@@ -93,7 +93,7 @@ def coordinate_median(updates: Sequence[Arrays]) -> Arrays:
     """Return the coordinate-wise median of the updates (mean of the middle two if even)."""
     check_updates(updates)
     return [
-        _cast_like(np.median(_stacked(updates, i), axis=0), like)
+        cast_like(np.median(_stacked(updates, i), axis=0), like)
         for i, like in enumerate(updates[0])
     ]
 
@@ -117,7 +117,7 @@ def trimmed_mean(updates: Sequence[Arrays], beta: float) -> Arrays:
     result = []
     for i, like in enumerate(updates[0]):
         ordered = np.sort(_stacked(updates, i), axis=0)
-        result.append(_cast_like(ordered[low : n - low].mean(axis=0), like))
+        result.append(cast_like(ordered[low : n - low].mean(axis=0), like))
     return result
 
 
@@ -212,7 +212,7 @@ class ServerMomentum:
                 ]
             pseudo_gradient = self.velocity
         return [
-            _cast_like(c.astype(np.float64) - self.learning_rate * d, c)
+            cast_like(c.astype(np.float64) - self.learning_rate * d, c)
             for c, d in zip(current, pseudo_gradient, strict=True)
         ]
 
@@ -278,7 +278,7 @@ class AdaptiveServerOptimizer:
             t = server_round + 1.0
             eta = self.eta * np.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
         return [
-            _cast_like(c.astype(np.float64) + eta * mi / (np.sqrt(vi) + self.tau), c)
+            cast_like(c.astype(np.float64) + eta * mi / (np.sqrt(vi) + self.tau), c)
             for c, mi, vi in zip(current, self.m, self.v, strict=True)
         ]
 

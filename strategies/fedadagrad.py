@@ -14,5 +14,5 @@ class FedAdagrad(FedOpt):
 
     name = "fedadagrad"
     rule = "adagrad"
-    default_server_learning_rate = 0.1
+    default_eta = 0.1
     uses_betas = False

@@ -14,4 +14,4 @@ class FedAdam(FedOpt):
 
     name = "fedadam"
     rule = "adam"
-    default_server_learning_rate = 0.1
+    default_eta = 0.1

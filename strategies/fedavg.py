@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from strategies.base import BaseStrategy, ClientUpdate
 from strategies.core import Arrays
+from strategies.linear import EXAMPLE_WEIGHTED
 
 
 class FedAvg(BaseStrategy):
@@ -11,10 +14,19 @@ class FedAvg(BaseStrategy):
 
     Clients train ``local-epochs`` epochs from the global model; sampling follows
     ``fraction-train`` with at least ``min-train-nodes`` nodes.
+
+    Parameters
+    ----------
+    **kwargs
+        Passed to :class:`strategies.base.BaseStrategy`.
     """
 
     name = "fedavg"
     linear = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.linear_rule = EXAMPLE_WEIGHTED
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> Arrays:
         """Return the example-weighted mean of the client models."""

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any
 
 from strategies.base import BaseStrategy, ClientUpdate
 from strategies.core import Arrays, ServerMomentum
-
-if TYPE_CHECKING:
-    from fl_app.config import RunConfig
+from strategies.linear import EXAMPLE_WEIGHTED
 
 
 class FedAvgM(BaseStrategy):
@@ -19,7 +17,7 @@ class FedAvgM(BaseStrategy):
     Parameters
     ----------
     server_learning_rate : float
-        ``eta`` (run-config ``server-learning-rate``; 0 there means the default 1.0).
+        ``eta``.
     server_momentum : float
         ``beta`` in ``[0, 1)``.
     **kwargs
@@ -27,22 +25,12 @@ class FedAvgM(BaseStrategy):
     """
 
     name = "fedavgm"
-    default_server_learning_rate: ClassVar[float] = 1.0
 
     def __init__(
         self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.5, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.optimizer = ServerMomentum(server_learning_rate, server_momentum)
-
-    @classmethod
-    def from_run_config(cls, config: RunConfig) -> Self:
-        """Build from the run config (``server-learning-rate``, ``server-momentum``)."""
-        return cls(
-            server_learning_rate=config.server_learning_rate or cls.default_server_learning_rate,
-            server_momentum=config.server_momentum,
-            **cls.common_kwargs(config),
-        )
 
     def settings(self) -> dict[str, Any]:
         """Return ``server-learning-rate`` and ``server-momentum``."""
@@ -61,4 +49,5 @@ class FedAvgM(BaseStrategy):
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> Arrays:
         """Return the model after the server momentum step."""
-        return self.optimizer.step(self.global_arrays, self.linear_aggregate(updates))
+        mean = self.linear_aggregate(updates, EXAMPLE_WEIGHTED)
+        return self.optimizer.step(self.global_arrays, mean)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any, ClassVar
 
 from strategies.base import BaseStrategy, ClientUpdate
 from strategies.core import AdaptiveServerOptimizer, Arrays
-
-if TYPE_CHECKING:
-    from fl_app.config import RunConfig
+from strategies.linear import EXAMPLE_WEIGHTED
 
 
 class FedOpt(BaseStrategy):
@@ -19,19 +17,18 @@ class FedOpt(BaseStrategy):
 
     Parameters
     ----------
-    eta : float
-        Server learning rate (run-config ``server-learning-rate``; 0 there means
-        the subclass default).
+    eta : float, optional
+        Server learning rate (``None``: the subclass default).
     beta_1, beta_2 : float
-        First- and second-moment decay (``beta-1``, ``beta-2``).
+        First- and second-moment decay.
     tau : float
-        Adaptivity (``tau``), added to ``sqrt(v)``.
+        Adaptivity, added to ``sqrt(v)``.
     **kwargs
         Passed to :class:`strategies.base.BaseStrategy`.
     """
 
     rule: ClassVar[str] = ""
-    default_server_learning_rate: ClassVar[float] = 0.1
+    default_eta: ClassVar[float] = 0.1
     uses_betas: ClassVar[bool] = True
 
     def __init__(
@@ -47,22 +44,7 @@ class FedOpt(BaseStrategy):
         if not self.uses_betas:
             beta_1 = beta_2 = 0.0
         self.optimizer = AdaptiveServerOptimizer(
-            self.rule,
-            self.default_server_learning_rate if eta is None else eta,
-            beta_1,
-            beta_2,
-            tau,
-        )
-
-    @classmethod
-    def from_run_config(cls, config: RunConfig) -> Self:
-        """Build from ``server-learning-rate``, ``beta-1``, ``beta-2`` and ``tau``."""
-        return cls(
-            eta=config.server_learning_rate or cls.default_server_learning_rate,
-            beta_1=config.beta_1,
-            beta_2=config.beta_2,
-            tau=config.tau,
-            **cls.common_kwargs(config),
+            self.rule, self.default_eta if eta is None else eta, beta_1, beta_2, tau
         )
 
     def settings(self) -> dict[str, Any]:
@@ -83,4 +65,5 @@ class FedOpt(BaseStrategy):
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> Arrays:
         """Return the model after the adaptive server step on the mean update."""
-        return self.optimizer.step(server_round, self.global_arrays, self.linear_aggregate(updates))
+        mean = self.linear_aggregate(updates, EXAMPLE_WEIGHTED)
+        return self.optimizer.step(server_round, self.global_arrays, mean)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any
 
 from flwr.app import ConfigRecord
 
 from strategies.fedavg import FedAvg
-
-if TYPE_CHECKING:
-    from fl_app.config import RunConfig
+from strategies.protocol import PROXIMAL_MU_KEY
 
 
 class FedProx(FedAvg):
@@ -27,18 +25,13 @@ class FedProx(FedAvg):
     """
 
     name = "fedprox"
-    linear = True
+    changes_client_loss = True
 
     def __init__(self, *, proximal_mu: float = 0.01, **kwargs: Any) -> None:
         if proximal_mu < 0:
             raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu!r}")
         super().__init__(**kwargs)
         self.proximal_mu = proximal_mu
-
-    @classmethod
-    def from_run_config(cls, config: RunConfig) -> Self:
-        """Build from the run config (``proximal-mu``)."""
-        return cls(proximal_mu=config.proximal_mu, **cls.common_kwargs(config))
 
     def settings(self) -> dict[str, Any]:
         """Return ``proximal-mu``."""
@@ -47,5 +40,5 @@ class FedProx(FedAvg):
     def round_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
         """Add ``proximal-mu`` to the round's config."""
         record = super().round_config(server_round, config)
-        record["proximal-mu"] = self.proximal_mu
+        record[PROXIMAL_MU_KEY] = self.proximal_mu
         return record

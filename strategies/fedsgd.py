@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any
 
-import numpy as np
 from flwr.app import ConfigRecord
 
 from strategies.base import BaseStrategy, ClientUpdate
-from strategies.core import Arrays, _cast_like, flatten
-
-if TYPE_CHECKING:
-    from fl_app.config import RunConfig
+from strategies.core import Arrays
+from strategies.linear import LinearRule
+from strategies.protocol import TRAIN_GRADIENT, TRAIN_MODE_KEY
 
 
 class FedSGD(BaseStrategy):
@@ -25,27 +23,21 @@ class FedSGD(BaseStrategy):
     Parameters
     ----------
     server_learning_rate : float
-        ``eta`` (run-config ``server-learning-rate``; 0 there means the default 0.1:
-        on digits larger steps make full-batch gradient descent oscillate).
+        ``eta > 0`` (on digits larger steps make full-batch gradient descent oscillate).
     **kwargs
         Passed to :class:`strategies.base.BaseStrategy`.
     """
 
     name = "fedsgd"
     linear = True
-    default_server_learning_rate: ClassVar[float] = 0.1
+    sends_gradient = True
 
     def __init__(self, *, server_learning_rate: float = 0.1, **kwargs: Any) -> None:
+        if not server_learning_rate > 0:
+            raise ValueError(f"server_learning_rate must be > 0, got {server_learning_rate!r}")
         super().__init__(**kwargs)
         self.server_learning_rate = server_learning_rate
-
-    @classmethod
-    def from_run_config(cls, config: RunConfig) -> Self:
-        """Build from the run config (``server-learning-rate``)."""
-        return cls(
-            server_learning_rate=config.server_learning_rate or cls.default_server_learning_rate,
-            **cls.common_kwargs(config),
-        )
+        self.linear_rule = LinearRule(gradient_step=server_learning_rate)
 
     def settings(self) -> dict[str, Any]:
         """Return ``server-learning-rate``."""
@@ -54,19 +46,8 @@ class FedSGD(BaseStrategy):
     def round_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
         """Ask the clients for gradients instead of trained weights."""
         record = super().round_config(server_round, config)
-        record["train-mode"] = "gradient"
+        record[TRAIN_MODE_KEY] = TRAIN_GRADIENT
         return record
-
-    def update_norm(self, arrays: Arrays) -> float:
-        """Norm of the step this client's gradient alone would take: ``eta * ||g||``."""
-        return float(self.server_learning_rate * np.linalg.norm(flatten(arrays)))
-
-    def finish_linear(self, mean: Arrays, current: Arrays) -> Arrays:
-        """Step from the current model along the example-weighted mean gradient."""
-        return [
-            _cast_like(c.astype(np.float64) - self.server_learning_rate * g.astype(np.float64), c)
-            for c, g in zip(current, mean, strict=True)
-        ]
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> Arrays:
         """Return the model after one server gradient step."""

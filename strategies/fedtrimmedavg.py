@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any
 
 from strategies.base import BaseStrategy, ClientUpdate
 from strategies.core import Arrays, trimmed_mean
-
-if TYPE_CHECKING:
-    from fl_app.config import RunConfig
 
 
 class FedTrimmedAvg(BaseStrategy):
@@ -29,11 +26,6 @@ class FedTrimmedAvg(BaseStrategy):
             raise ValueError(f"trim beta must be in [0, 0.5), got {beta!r}")
         super().__init__(**kwargs)
         self.beta = beta
-
-    @classmethod
-    def from_run_config(cls, config: RunConfig) -> Self:
-        """Build from the run config (``trim-beta``)."""
-        return cls(beta=config.trim_beta, **cls.common_kwargs(config))
 
     def settings(self) -> dict[str, Any]:
         """Return ``trim-beta``."""

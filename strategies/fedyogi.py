@@ -15,4 +15,4 @@ class FedYogi(FedOpt):
 
     name = "fedyogi"
     rule = "yogi"
-    default_server_learning_rate = 0.03
+    default_eta = 0.03

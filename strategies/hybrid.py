@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any
 
-from strategies.base import ClientUpdate
+from strategies.base import BaseStrategy, ClientUpdate
 from strategies.core import Arrays
-from strategies.quality import QUALITY_METRICS, MetricWeightedStrategy
-
-if TYPE_CHECKING:
-    from fl_app.config import RunConfig
+from strategies.linear import LinearRule
 
 
-class Hybrid(MetricWeightedStrategy):
+class Hybrid(BaseStrategy):
     """Weights that combine data size ``n_k`` and quality ``q_k`` geometrically.
 
     The new global model is ``w = sum_k a_k w_k / sum_k a_k`` with
@@ -48,33 +44,16 @@ class Hybrid(MetricWeightedStrategy):
     ) -> None:
         if not 0.0 <= mix <= 1.0:
             raise ValueError(f"hybrid mix must be in [0, 1], got {mix!r}")
-        if quality_metric not in QUALITY_METRICS:
-            raise ValueError(
-                f"quality metric must be one of {QUALITY_METRICS}, got {quality_metric!r}"
-            )
         super().__init__(**kwargs)
         self.mix = mix
         self.quality_metric = quality_metric
-
-    @classmethod
-    def from_run_config(cls, config: RunConfig) -> Self:
-        """Build from the run config (``hybrid-mix``, ``weight-by`` as the quality metric)."""
-        return cls(
-            mix=config.hybrid_mix, quality_metric=config.weight_by, **cls.common_kwargs(config)
+        self.linear_rule = LinearRule(
+            examples_exponent=1.0 - mix, quality_metric=quality_metric, quality_exponent=mix
         )
 
     def settings(self) -> dict[str, Any]:
         """Return ``hybrid-mix`` and the quality metric (``weight-by``)."""
         return {"hybrid-mix": self.mix, "weight-by": self.quality_metric}
-
-    def weight_metric(self) -> str:
-        """Return the quality metric."""
-        return self.quality_metric
-
-    def client_weight(self, num_examples: int, metrics: Mapping[str, float]) -> float:
-        """Return ``n ** (1 - mix) * q ** mix``."""
-        quality = float(metrics[self.quality_metric])
-        return float(num_examples) ** (1.0 - self.mix) * quality**self.mix
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> Arrays:
         """Return the hybrid-weighted mean of the client models."""

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any
 
 from flwr.common.logger import log
 
 from strategies.base import BaseStrategy, ClientUpdate
 from strategies.core import Arrays, krum_select
-
-if TYPE_CHECKING:
-    from fl_app.config import RunConfig
+from strategies.linear import EXAMPLE_WEIGHTED
 
 
 class Krum(BaseStrategy):
@@ -37,11 +35,6 @@ class Krum(BaseStrategy):
             raise ValueError(f"num_malicious must be >= 0, got {num_malicious!r}")
         super().__init__(**kwargs)
         self.num_malicious = num_malicious
-
-    @classmethod
-    def from_run_config(cls, config: RunConfig) -> Self:
-        """Build from the run config (``num-malicious``)."""
-        return cls(num_malicious=config.num_malicious, **cls.common_kwargs(config))
 
     def settings(self) -> dict[str, Any]:
         """Return ``num-malicious``."""
@@ -72,7 +65,7 @@ class Krum(BaseStrategy):
             server_round,
             [updates[i].node_id for i in chosen],
         )
-        return self.linear_aggregate([updates[i] for i in chosen])
+        return self.linear_aggregate([updates[i] for i in chosen], EXAMPLE_WEIGHTED)
 
 
 class MultiKrum(Krum):
@@ -94,15 +87,6 @@ class MultiKrum(Krum):
             raise ValueError(f"num_selected must be >= 0, got {num_selected!r}")
         super().__init__(**kwargs)
         self.num_krum_selected = num_selected
-
-    @classmethod
-    def from_run_config(cls, config: RunConfig) -> Self:
-        """Build from the run config (``num-malicious``, ``num-krum-selected``)."""
-        return cls(
-            num_malicious=config.num_malicious,
-            num_selected=config.num_krum_selected,
-            **cls.common_kwargs(config),
-        )
 
     def settings(self) -> dict[str, Any]:
         """Return ``num-malicious`` and ``num-krum-selected``."""

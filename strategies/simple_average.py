@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import Any
 
 from strategies.base import BaseStrategy, ClientUpdate
 from strategies.core import Arrays
+from strategies.linear import UNIFORM
 
 
 class SimpleAverage(BaseStrategy):
-    """``w = (1 / K) sum_k w_k`` over the ``K`` valid updates, whatever their data size."""
+    """``w = (1 / K) sum_k w_k`` over the ``K`` valid updates, whatever their data size.
+
+    Parameters
+    ----------
+    **kwargs
+        Passed to :class:`strategies.base.BaseStrategy`.
+    """
 
     name = "simple-average"
     linear = True
 
-    def client_weight(self, num_examples: int, metrics: Mapping[str, float]) -> float:
-        """Every client weighs 1."""
-        return 1.0
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.linear_rule = UNIFORM
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> Arrays:
         """Return the unweighted mean of the client models."""

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any
 
-from strategies.base import ClientUpdate
+from strategies.base import BaseStrategy, ClientUpdate
 from strategies.core import Arrays
-from strategies.quality import WEIGHT_BY, MetricWeightedStrategy, metric_weight
-
-if TYPE_CHECKING:
-    from fl_app.config import RunConfig
+from strategies.linear import EXAMPLE_WEIGHTED, WEIGHT_BY, LinearRule
+from strategies.protocol import NUM_EXAMPLES_KEY
 
 
-class WeightedAverage(MetricWeightedStrategy):
+class WeightedAverage(BaseStrategy):
     """``w = sum_k a_k w_k / sum_k a_k`` with ``a_k`` chosen by ``weight-by``.
 
     Parameters
@@ -21,6 +18,7 @@ class WeightedAverage(MetricWeightedStrategy):
     weight_by : str
         ``num-examples`` (then this is FedAvg), or a metric each client reports
         about its trained model: ``val-accuracy`` (default) or ``train-accuracy``.
+        A reply without that metric, or with a negative value, is left out.
     **kwargs
         Passed to :class:`strategies.base.BaseStrategy`.
 
@@ -38,23 +36,15 @@ class WeightedAverage(MetricWeightedStrategy):
             raise ValueError(f"weight_by must be one of {WEIGHT_BY}, got {weight_by!r}")
         super().__init__(**kwargs)
         self.weight_by = weight_by
-
-    @classmethod
-    def from_run_config(cls, config: RunConfig) -> Self:
-        """Build from the run config (``weight-by``)."""
-        return cls(weight_by=config.weight_by, **cls.common_kwargs(config))
+        self.linear_rule = (
+            EXAMPLE_WEIGHTED
+            if weight_by == NUM_EXAMPLES_KEY
+            else LinearRule(examples_exponent=0.0, quality_metric=weight_by, quality_exponent=1.0)
+        )
 
     def settings(self) -> dict[str, Any]:
         """Return ``weight-by``."""
         return {"weight-by": self.weight_by}
-
-    def weight_metric(self) -> str:
-        """Return ``weight-by``."""
-        return self.weight_by
-
-    def client_weight(self, num_examples: int, metrics: Mapping[str, float]) -> float:
-        """Return the client's examples or its reported metric."""
-        return metric_weight(self.weight_by, num_examples, metrics)
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> Arrays:
         """Return the weighted mean of the client models."""

@@ -1,0 +1,1 @@
+"""Homomorphic encryption in the app: a ClientApp mod and a server-side strategy wrapper."""

@@ -1,0 +1,198 @@
+"""Server side of homomorphic encryption: sum encrypted updates with the public context.
+
+:class:`EncryptedAggregation` wraps a linear strategy through its public API. It
+samples, configures and evaluates through the wrapped strategy, but aggregates by
+adding ciphertexts: the server holds only the public context (no secret key), keeps
+the global model encrypted (the weighted sum, the total weight the clients divide by
+after decrypting, and the layout to unpack it), and never sees a client's update. The
+train config carries the strategy's :class:`~strategies.linear.LinearRule`, which each
+client applies to its own update before encrypting. Round 1 starts from the plaintext
+initial model. A reply whose ciphertexts are corrupted, under another key or of the
+wrong count is left out of the round with a reason naming the node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO, WARNING
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from fl_app.he.keys import load_context_file
+from fl_app.he.records import (
+    FINGERPRINT_KEY,
+    KEY_RECORD,
+    UPDATE_KEY,
+    WEIGHT_KEY,
+    ciphertext_record,
+    ciphertexts_of,
+    is_encrypted,
+    total_weight_of,
+)
+from privacy.he import ArraySpec, EncryptedSum, HEError, HEKey, array_specs, num_values
+from privacy.he_model import EncryptedModel
+from strategies.base import (
+    BaseStrategy,
+    ReplyError,
+    RoundOutcome,
+    aggregate_metrics,
+    enough_updates,
+    report_failure,
+)
+from strategies.protocol import NUM_EXAMPLES_KEY
+from strategies.wrapper import StrategyWrapper
+
+ENCRYPTED_MODEL_FILE = "model-encrypted.npz"
+
+
+class EncryptedAggregation(StrategyWrapper):
+    """Aggregate a linear strategy's updates as encrypted sums (public context only).
+
+    Parameters
+    ----------
+    strategy : BaseStrategy
+        The linear strategy (sampling, messages, weights, metrics).
+    public_context : Path
+        The server's public context file: loaded now if it exists (a secret context
+        is refused at start-up), else when first needed (in simulation the clients
+        create the key files in round 1).
+    template : dict[str, np.ndarray]
+        The global model's arrays by name (shapes and dtypes of the packing).
+
+    Raises
+    ------
+    ValueError
+        If the strategy has no linear rule.
+    """
+
+    def __init__(
+        self, strategy: BaseStrategy, public_context: Path, template: dict[str, np.ndarray]
+    ) -> None:
+        if strategy.linear_rule is None:
+            raise ValueError(
+                f"strategy '{strategy.name}' cannot aggregate encrypted updates: it has no "
+                "linear rule"
+            )
+        super().__init__(strategy)
+        self.rule = strategy.linear_rule
+        self.public_context = public_context
+        self.names = list(template)
+        self.specs: list[ArraySpec] = array_specs(list(template.values()))
+        self._key: HEKey | None = None
+        if public_context.exists():
+            self.key()
+
+    def settings(self) -> dict[str, object]:
+        """Return the wrapped strategy's settings, and that aggregation is encrypted."""
+        return {**self.strategy.settings(), "he": True}
+
+    def summary(self) -> None:
+        """Log the wrapped strategy and the encryption."""
+        self.strategy.summary()
+        log(INFO, "\t└──> Homomorphic encryption: server public context %s", self.public_context)
+
+    def key(self) -> HEKey:
+        """Load the public context (once); a secret context is refused."""
+        if self._key is None:
+            self._key = load_context_file(self.public_context, secret=False)
+            log(
+                INFO,
+                "HE: loaded public context %s (key %s)",
+                self.public_context,
+                self._key.fingerprint,
+            )
+        return self._key
+
+    def _with_key(self, arrays: ArrayRecord, config: ConfigRecord) -> ConfigRecord:
+        record = ConfigRecord({**dict(config), **self.rule.to_config()})
+        if is_encrypted(arrays):
+            record[FINGERPRINT_KEY] = self.key().fingerprint
+        return record
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the (encrypted) global model with its key's fingerprint and the linear rule."""
+        return self.strategy.configure_train(
+            server_round, arrays, self._with_key(arrays, config), grid
+        )
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the (encrypted) global model for federated evaluation."""
+        return self.strategy.configure_evaluate(
+            server_round, arrays, self._with_key(arrays, config), grid
+        )
+
+    def _add_reply(self, total: EncryptedSum, message: Message, metrics: dict[str, float]) -> float:
+        """Add one reply's ciphertexts to ``total``; return its weight."""
+        key = message.content.config_records.get(KEY_RECORD, ConfigRecord()).get("fingerprint")
+        expected = self.key().fingerprint
+        if key != expected:
+            raise HEError(
+                f"update is under key {key!r}, the server's public context is key {expected!r}"
+            )
+        plain = {k: v for k, v in metrics.items() if k != WEIGHT_KEY}
+        weight = self.rule.weight(int(metrics[NUM_EXAMPLES_KEY]), plain)
+        claimed = metrics.get(WEIGHT_KEY)
+        if claimed is None or not np.isclose(claimed, weight, rtol=1e-9, atol=0.0):
+            raise HEError(f"update weighted by {claimed!r}, the strategy's weight is {weight!r}")
+        record = message.content.array_records.get(UPDATE_KEY)
+        if record is None:
+            raise HEError(f"reply has no ArrayRecord '{UPDATE_KEY}'")
+        total.add(ciphertexts_of(record))
+        return weight
+
+    def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> RoundOutcome:
+        """Add the valid encrypted updates; return the encrypted global model."""
+        total = EncryptedSum(self.key(), num_values(self.specs))
+        outcome = RoundOutcome(None, None)
+        weights: list[float] = []
+        accepted: list[dict[str, float]] = []
+        for message in self.strategy.order_replies(replies):
+            node = message.metadata.src_node_id
+            try:
+                metrics = self.strategy.check_metrics(message)
+                outcome.client_metrics.append({"node": node, **metrics})
+                self.strategy.check_weighting(metrics)
+                weights.append(self._add_reply(total, message, metrics))
+            except ReplyError as err:
+                outcome.failures.append(report_failure(node, "train", str(err)))
+                continue
+            except HEError as err:
+                outcome.failures.append(
+                    report_failure(node, "train", f"encrypted update rejected: {err}")
+                )
+                continue
+            accepted.append({k: v for k, v in metrics.items() if k != WEIGHT_KEY})
+        log(INFO, "aggregate_train: %d valid encrypted updates", total.count)
+        if not enough_updates(
+            server_round, total.count, self.strategy.min_train_nodes, "valid encrypted updates"
+        ):
+            return outcome
+        if sum(weights) <= 0:
+            log(WARNING, "Round %d not aggregated: the encrypted updates weigh 0", server_round)
+            return outcome
+        outcome.arrays = ciphertext_record(
+            total.ciphertexts(), float(sum(weights)), (self.names, self.specs)
+        )
+        outcome.metrics = MetricRecord(aggregate_metrics(accepted))
+        return outcome
+
+    def save_model(self, directory: Path, arrays: ArrayRecord) -> Path:
+        """Write the encrypted global model (``fl-he decrypt-model`` turns it into model.pt)."""
+        model = EncryptedModel(
+            names=self.names,
+            specs=self.specs,
+            ciphertexts=ciphertexts_of(arrays),
+            total_weight=total_weight_of(arrays),
+            fingerprint=self.key().fingerprint,
+        )
+        path = directory / ENCRYPTED_MODEL_FILE
+        model.save(path)
+        return path

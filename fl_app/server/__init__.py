@@ -1,0 +1,1 @@
+"""The ServerApp's parts: strategy factory, round loop, results and checkpoints."""

@@ -1,0 +1,103 @@
+"""From the run config to the strategy the ServerApp runs: one table, then the wrappers.
+
+:data:`STRATEGY_ARGUMENTS` maps every strategy name to the constructor arguments it
+takes from the run config; arguments every strategy takes come from
+:func:`common_arguments`. A run-config value of 0 that means "the strategy's default"
+is left out (:func:`_unless_zero`), so the default lives in the strategy's constructor
+only. Privacy add-ons then wrap the strategy through its public API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fl_app.config import RunConfig
+from fl_app.dp.central import CentralDP, ClientLevelDP
+from fl_app.he.keys import public_context_path
+from fl_app.he.server import EncryptedAggregation
+from strategies import STRATEGIES
+from strategies.base import BaseStrategy, RoundStrategy
+
+
+def _unless_zero(**values: float) -> dict[str, float]:
+    """Return the arguments whose run-config value is not 0 (0 = the strategy's default)."""
+    return {name: value for name, value in values.items() if value}
+
+
+def _adaptive(config: RunConfig) -> dict[str, Any]:
+    return {
+        "beta_1": config.beta_1,
+        "beta_2": config.beta_2,
+        "tau": config.tau,
+        **_unless_zero(eta=config.server_learning_rate),
+    }
+
+
+STRATEGY_ARGUMENTS: dict[str, Callable[[RunConfig], dict[str, Any]]] = {
+    "simple-average": lambda c: {},
+    "weighted-average": lambda c: {"weight_by": c.weight_by},
+    "fedavg": lambda c: {},
+    "fedsgd": lambda c: _unless_zero(server_learning_rate=c.server_learning_rate),
+    "hybrid": lambda c: {"mix": c.hybrid_mix, "quality_metric": c.weight_by},
+    "fedprox": lambda c: {"proximal_mu": c.proximal_mu},
+    "fedavgm": lambda c: {
+        "server_momentum": c.server_momentum,
+        **_unless_zero(server_learning_rate=c.server_learning_rate),
+    },
+    "fedadam": _adaptive,
+    "fedyogi": _adaptive,
+    "fedadagrad": lambda c: {"tau": c.tau, **_unless_zero(eta=c.server_learning_rate)},
+    "fedmedian": lambda c: {},
+    "fedtrimmedavg": lambda c: {"beta": c.trim_beta},
+    "krum": lambda c: {"num_malicious": c.num_malicious},
+    "multikrum": lambda c: {"num_malicious": c.num_malicious, "num_selected": c.num_krum_selected},
+}
+
+
+def common_arguments(config: RunConfig) -> dict[str, Any]:
+    """Return the constructor arguments every strategy takes from the run config."""
+    return {
+        "fraction_train": config.fraction_train,
+        "min_train_nodes": config.min_train_nodes,
+        "seed": config.seed,
+        "wait_timeout": config.round_timeout,
+        "max_update_norm": config.max_update_norm,
+    }
+
+
+def build_base_strategy(config: RunConfig) -> BaseStrategy:
+    """Return the configured aggregation strategy, without privacy add-ons."""
+    return STRATEGIES[config.strategy](
+        **common_arguments(config), **STRATEGY_ARGUMENTS[config.strategy](config)
+    )
+
+
+def build_strategy(config: RunConfig, template: dict[str, np.ndarray]) -> RoundStrategy:
+    """Return the strategy the ServerApp runs: the base one, wrapped by privacy add-ons.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The validated run config (its rules already refuse impossible combinations).
+    template : dict[str, np.ndarray]
+        The global model's arrays by name (encrypted aggregation packs by them).
+    """
+    base = build_base_strategy(config)
+    strategy: RoundStrategy = base
+    if config.dp == "central":
+        dp = ClientLevelDP(
+            config.dp_clipping_norm,
+            config.dp_central_noise_multiplier,
+            config.dp_target_epsilon,
+            config.dp_delta,
+            config.num_server_rounds,
+        )
+        strategy = CentralDP(base, dp, config.seed)
+    if config.he:
+        strategy = EncryptedAggregation(
+            base, public_context_path(config.he_public_context), template
+        )
+    return strategy

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fl_app.config import RunConfig  # noqa: E402
+from fl_app.config import NODE_STATE_ENV, RunConfig  # noqa: E402
 from fl_app.data import DATASETS, embedded_client_data  # noqa: E402
 from fl_app.model import build_model  # noqa: E402
 from fl_app.task import to_tensors, train  # noqa: E402
@@ -118,7 +118,8 @@ def epoch_seconds(model_kind: str, num_clients: int, repeats: int) -> dict[str, 
 def accuracy_run(overrides: dict[str, Any], num_clients: int, rounds: int) -> dict[str, Any]:
     """Run the real ServerApp in-process; return final accuracy, ε, δ and time."""
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["FLWR_HOME"] = str(Path(tmp) / "flwr-home")  # the clients' ledgers
+        os.environ["FLWR_HOME"] = str(Path(tmp) / "flwr-home")
+        os.environ[NODE_STATE_ENV] = str(Path(tmp) / "node-state")  # fresh data holders
         started = time.perf_counter()
         results = run_server_app_in_process(
             Path(tmp) / "out",

@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
             default=[],
             metavar="KEY=VALUE",
             help="node-config key for every node, e.g. he-secret-context=/keys/he.ctx or "
-            "dp-state-dir=/ledgers/{node} ({node} becomes the node's name)",
+            "state-dir=/var/lib/fl/{node} ({node} becomes the node's name)",
         )
         command.add_argument(
             "--run-config",

@@ -8,8 +8,8 @@ from typing import Any
 
 from deploy.files import DeployError
 from deploy.node_data import write_demo_partitions
-from deploy.node_keys import check_node_name, ensure_node_key
-from fl_app.config import RunConfig
+from deploy.node_keys import check_node_name, ensure_node_key, node_directory
+from fl_app.config import ConfigError, RunConfig, parse_node_config
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class SuperNodeSpec:
 
     ``node_config`` holds what the ClientApp reads from ``context.node_config``:
     ``partition-id``, ``num-partitions``, ``data-path``, ``he-secret-context``,
-    ``dp-state-dir``, ...
+    ``state-dir``, ...
     """
 
     name: str
@@ -60,7 +60,7 @@ def prepare_supernodes(
         Nodes that train on their own file instead of a demo partition.
     extra_node_config : dict[str, Any], optional
         More node-config keys for every node (``he-secret-context``,
-        ``dp-state-dir``, ...); ``{node}`` in a string value becomes the node's
+        ``state-dir``, ...); ``{node}`` in a string value becomes the node's
         name, so ``dp-state-dir = "/ledgers/{node}"`` gives each node its own.
 
     Raises
@@ -86,17 +86,25 @@ def prepare_supernodes(
             f"files were given for {sorted(own)} of {names}"
         )
     data = own or dict(zip(names, write_demo_partitions(directory, names, config), strict=True))
+    configs: dict[str, dict[str, Any]] = {}
     specs = []
     for partition_id, name in enumerate(names):
-        key = ensure_node_key(directory, name)
         node_config: dict[str, Any] = {
             "partition-id": partition_id,
             "num-partitions": len(names),
             "data-path": str(data[name].resolve()),
+            "state-dir": str(node_directory(directory, name).resolve() / "state"),
         }
         for key_name, value in (extra_node_config or {}).items():
-            if key_name in node_config:
+            if key_name in ("partition-id", "num-partitions", "data-path"):
                 raise DeployError(f"node-config key '{key_name}' is set by the deployment itself")
             node_config[key_name] = _expand(value, name)
+        try:
+            parse_node_config(node_config)
+        except ConfigError as err:
+            raise DeployError(f"node {name}: {err}") from err
+        configs[name] = node_config
+    for name, node_config in configs.items():
+        key = ensure_node_key(directory, name)
         specs.append(SuperNodeSpec(name, key.private_key, key.public_key, node_config))
     return specs

@@ -29,8 +29,15 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from fl_app.config import NodeConfig, RunConfig, node_config_of, run_config_of
-from fl_app.data import DATASETS, ClientData, embedded_client_data, load_local_file, split_train_val
-from fl_app.dp.local import train_with_local_dp
+from fl_app.data import (
+    DATASETS,
+    ClientData,
+    Split,
+    embedded_client_data,
+    load_local_file,
+    split_train_val,
+)
+from fl_app.dp.local import public_count, train_with_local_dp
 from fl_app.he.client import he_mod
 from fl_app.model import build_model
 from fl_app.task import evaluate, full_batch_gradient, train
@@ -38,6 +45,7 @@ from privacy import BudgetExceededError
 from strategies.protocol import (
     ARRAYS_KEY,
     CONFIG_KEY,
+    EVAL_PREFIX,
     METRICS_KEY,
     NUM_EXAMPLES_KEY,
     PROXIMAL_MU_KEY,
@@ -79,10 +87,11 @@ def client_setup(context: Context) -> ClientSetup:
     """
     config = run_config_of(context)
     node = node_config_of(context)
-    if node.data_path is not None:
+    data_path = node.path("data_path")
+    if data_path is not None:
         data = _local_file_data(
-            node.data_path,
-            node.data_path.stat().st_mtime,
+            data_path,
+            data_path.stat().st_mtime,
             config.dataset,
             node.label_column,
             config.val_fraction,
@@ -116,71 +125,85 @@ def training_seed(seed: int, server_round: int, partition_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
 
 
-def train_locally(
-    model: torch.nn.Module,
-    setup: ClientSetup,
-    round_config: ConfigRecord,
-    state: RecordDict | None = None,
+def _plain_training(
+    model: torch.nn.Module, setup: ClientSetup, round_config: ConfigRecord
 ) -> dict[str, float | int]:
-    """Train ``model`` in place on the local train split; return the train metrics.
+    """Train ``model`` in place with SGD (seeded from the run's seed); return its metrics."""
+    config = setup.config
+    result = train(
+        model,
+        setup.data.train,
+        epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        momentum=config.momentum,
+        seed=training_seed(
+            config.seed, int(round_config.get(SERVER_ROUND_KEY, 0)), setup.node.partition_id
+        ),
+        proximal_mu=float(round_config.get(PROXIMAL_MU_KEY, 0.0)),
+    )
+    return {
+        NUM_EXAMPLES_KEY: len(setup.data.train),
+        "train-loss": result.loss,
+        "train-accuracy": result.accuracy,
+    }
 
-    With ``dp = "local"`` training is DP-SGD and ``state`` (``Context.state``) keeps
-    the privacy ledger between rounds (see :mod:`fl_app.dp.local`).
+
+def _private_training(
+    model: torch.nn.Module, setup: ClientSetup, round_config: ConfigRecord
+) -> dict[str, float | int]:
+    """Train ``model`` in place with DP-SGD; return what a DP client may report.
+
+    By default only the privacy spent and an example count derived from the public
+    sampling rate leave the client; the node's ``dp-report-metrics`` adds the train
+    loss and accuracy, which ε does not cover.
     """
     config = setup.config
-    seed = training_seed(
-        config.seed, int(round_config.get(SERVER_ROUND_KEY, 0)), setup.node.partition_id
-    )
-    if config.dp == "local":
-        metrics = train_with_local_dp(
-            model,
-            config,
-            setup.node,
-            setup.data.train,
-            round_config,
-            state if state is not None else RecordDict(),
-            seed,
-        )
-    else:
-        result = train(
-            model,
-            setup.data.train,
-            epochs=config.local_epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            momentum=config.momentum,
-            seed=seed,
-            proximal_mu=float(round_config.get(PROXIMAL_MU_KEY, 0.0)),
-        )
-        metrics = {"train-loss": result.loss, "train-accuracy": result.accuracy}
-    val_loss, val_accuracy = evaluate(model, setup.data.val)
-    return {**metrics, "val-loss": val_loss, "val-accuracy": val_accuracy}
+    metrics = train_with_local_dp(model, config, setup.node, setup.data, round_config)
+    reported = {k: v for k, v in metrics.items() if k.startswith("dp-")}
+    reported[NUM_EXAMPLES_KEY] = public_count(len(setup.data.train), config.batch_size)
+    if setup.node.dp_report_metrics:
+        reported.update({k: v for k, v in metrics.items() if k.startswith("train-")})
+    return reported
+
+
+def _evaluation(model: torch.nn.Module, data: Split, prefix: str) -> dict[str, float | int]:
+    loss, accuracy = evaluate(model, data)
+    return {f"{prefix}loss": loss, f"{prefix}accuracy": accuracy}
 
 
 @app.train()
 def train_handler(msg: Message, context: Context) -> Message:
-    """Evaluate the received model, train locally, reply with weights or gradient."""
+    """Evaluate the received model, train locally, reply with weights or gradient.
+
+    A client under local DP reports only private quantities unless its node opts in
+    (``dp-report-metrics``): no evaluation, no loss or accuracy, no exact count.
+    """
     torch.set_num_threads(1)
     setup = client_setup(context)
     data = setup.data
     round_config = msg.content[CONFIG_KEY]
     model = _model_from(msg, setup.config)
-    eval_loss, eval_accuracy = evaluate(model, data.val)
-    metrics: dict[str, float | int] = {
-        NUM_EXAMPLES_KEY: len(data.train),
-        "eval-loss": eval_loss,
-        "eval-accuracy": eval_accuracy,
-        "eval-num-examples": len(data.val),
-    }
+    private = setup.config.dp == "local"
+    report = not private or setup.node.dp_report_metrics
+    metrics: dict[str, float | int] = {}
+    if report:
+        metrics = {**_evaluation(model, data.val, EVAL_PREFIX), "eval-num-examples": len(data.val)}
     if round_config.get(TRAIN_MODE_KEY, TRAIN_WEIGHTS) == TRAIN_GRADIENT:
         gradient = full_batch_gradient(model, data.train)
         arrays = ArrayRecord({k: Array(v) for k, v in gradient.items()})
+        metrics[NUM_EXAMPLES_KEY] = len(data.train)
         metrics["train-loss"], metrics["train-accuracy"] = evaluate(model, data.train)
     else:
         try:
-            metrics.update(train_locally(model, setup, round_config, context.state))
+            trained = (_private_training if private else _plain_training)(
+                model, setup, round_config
+            )
         except BudgetExceededError as err:  # refused before training: say why
             return Message(Error(code=0, reason=str(err)), reply_to=msg)
+        metrics.update(trained)
+        if report:
+            metrics.update(_evaluation(model, data.val, "val-"))
         arrays = ArrayRecord(model.state_dict())
     content = RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
@@ -188,9 +211,16 @@ def train_handler(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on the local validation split."""
+    """Evaluate the received global model on the local validation split.
+
+    A client under local DP refuses unless its node opts in (``dp-report-metrics``):
+    an accuracy on its own data is not covered by ε.
+    """
     torch.set_num_threads(1)
     setup = client_setup(context)
+    if setup.config.dp == "local" and not setup.node.dp_report_metrics:
+        reason = "node under local DP reports no evaluation (its dp-report-metrics is false)"
+        return Message(Error(code=0, reason=reason), reply_to=msg)
     model = _model_from(msg, setup.config)
     loss, accuracy = evaluate(model, setup.data.val)
     metrics = MetricRecord(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
@@ -52,6 +54,10 @@ def _positive(v: float) -> bool:
 
 def _non_negative(v: float) -> bool:
     return v >= 0 and math.isfinite(v)
+
+
+def _positive_or_inf(v: float) -> bool:
+    return v > 0
 
 
 def _fraction(v: float) -> bool:
@@ -155,7 +161,7 @@ def config_key(field_name: str) -> str:
 RUN_CONFIG_KEYS: tuple[str, ...] = tuple(config_key(f.name) for f in fields(RunConfig))
 
 
-def _coerce(key: str, value: Any, kind: type) -> Any:
+def _coerce(what: str, key: str, value: Any, kind: type) -> Any:
     """Convert a TOML value to the field's type, or raise ConfigError."""
     if kind is bool:
         if isinstance(value, bool):
@@ -169,18 +175,53 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
     elif kind is str and isinstance(value, str):
         return value
     raise ConfigError(
-        f"run-config key '{key}' = {value!r} has type {type(value).__name__}; "
-        f"expected {kind.__name__}"
+        f"{what} key '{key}' = {value!r} has type {type(value).__name__}; expected {kind.__name__}"
     )
 
 
-def _unknown_key_error(unknown: list[str], known: tuple[str, ...]) -> str:
+def _unknown_key_error(what: str, unknown: list[str], known: tuple[str, ...]) -> str:
     parts = []
     for key in unknown:
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        parts.append(f"unknown run-config key '{key}'{hint}")
+        parts.append(f"unknown {what} key '{key}'{hint}")
     return "; ".join(parts) + ". Valid keys: " + ", ".join(known)
+
+
+def _parse_fields(
+    schema: type, what: str, raw: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """Check ``raw`` against a dataclass declared with :func:`_option`.
+
+    Returns
+    -------
+    tuple[dict[str, Any], list[str]]
+        The typed values by field name (keys that are absent are left out), and
+        every error: unknown keys, wrong types and values outside their rule.
+    """
+    known = tuple(config_key(f.name) for f in fields(schema))
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        return {}, [_unknown_key_error(what, unknown, known)]
+    hints = get_type_hints(schema)
+    errors: list[str] = []
+    values: dict[str, Any] = {}
+    for spec in fields(schema):
+        key = config_key(spec.name)
+        if key not in raw:
+            continue
+        try:
+            value = _coerce(what, key, raw[key], hints[spec.name])
+        except ConfigError as err:
+            errors.append(str(err))
+            continue
+        check = spec.metadata["check"]
+        if check is not None and not check(value):
+            errors.append(
+                f"{what} key '{key}' = {value!r} is invalid: must be {spec.metadata['allowed']}"
+            )
+        values[spec.name] = value
+    return values, errors
 
 
 def parse_run_config(
@@ -209,28 +250,7 @@ def parse_run_config(
         Listing every unknown key and every invalid value, with what is allowed.
     """
     merged = {**run_config, **(overrides or {})}
-    unknown = sorted(set(merged) - set(RUN_CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(_unknown_key_error(unknown, RUN_CONFIG_KEYS))
-
-    hints = get_type_hints(RunConfig)
-    errors: list[str] = []
-    values: dict[str, Any] = {}
-    for spec in fields(RunConfig):
-        key = config_key(spec.name)
-        if key not in merged:
-            continue
-        try:
-            value = _coerce(key, merged[key], hints[spec.name])
-        except ConfigError as err:
-            errors.append(str(err))
-            continue
-        check = spec.metadata["check"]
-        if check is not None and not check(value):
-            errors.append(
-                f"run-config key '{key}' = {value!r} is invalid: must be {spec.metadata['allowed']}"
-            )
-        values[spec.name] = value
+    values, errors = _parse_fields(RunConfig, "run-config", merged)
     if not errors:
         config = RunConfig(**values)
         errors = _cross_field_errors(config)
@@ -351,64 +371,87 @@ def _dp_errors(config: RunConfig) -> list[str]:
     return errors
 
 
+NODE_STATE_ENV = "FL_NODE_STATE_DIR"
+"""Simulated nodes' state directory (simulations cannot set node-config keys)."""
+DEFAULT_NODE_STATE_DIR = "~/.fl-node-state"
+NODE_SETTINGS_FILE = "node-config.toml"
+"""Node-config keys a data holder keeps in its state directory (simulations read them)."""
+
+
 @dataclass(frozen=True)
 class NodeConfig:
-    """What a SuperNode says about itself (``--node-config``)."""
+    """What a SuperNode says about itself (``--node-config``), validated.
 
-    partition_id: int = 0
-    num_partitions: int = 1
-    data_path: Path | None = None
-    label_column: str = "label"
-    dp_state_dir: Path | None = None
-    he_secret_context: Path | None = None
+    ``state-dir`` is the data holder's own directory: its secret, its privacy ledgers
+    and (by default) its secret HE context; the server never learns or chooses it.
+    Simulated nodes, which Flower gives only ``partition-id`` and ``num-partitions``,
+    use ``$FL_NODE_STATE_DIR`` (default ``~/.fl-node-state``). Keys a node does not set
+    are read from ``<state-dir>/node-config.toml`` if that file exists, so the limits
+    of simulated data holders can be set there.
+    """
+
+    partition_id: int = _option(0, _at_least(0), "an integer >= 0 (< num-partitions)")
+    num_partitions: int = _option(1, _at_least(1), "an integer >= 1")
+    data_path: str = _option("", None, "a path to this node's .npz or .csv data ('' = none)")
+    label_column: str = _option("label", bool, "the name of the CSV label column")
+    state_dir: str = _option("", None, "a directory path ('' = $FL_NODE_STATE_DIR)")
+    he_secret_context: str = _option("", None, "a path to the secret HE context")
+    dp_max_epsilon: float = _option(
+        math.inf, _positive_or_inf, "a number > 0 (inf = no limit of the node's own)"
+    )
+    dp_min_noise_multiplier: float = _option(0.0, _non_negative, "a number >= 0")
+    dp_max_delta: float = _option(1.0, _fraction, "a number in (0, 1]")
+    dp_report_metrics: bool = _option(False, None, "true or false")
+
+    def path(self, name: str) -> Path | None:
+        """Return a path-valued key as a Path (None when empty)."""
+        value: str = getattr(self, name)
+        return Path(value).expanduser() if value else None
+
+
+NODE_CONFIG_KEYS: tuple[str, ...] = tuple(config_key(f.name) for f in fields(NodeConfig))
+
+
+def node_state_dir(node_config: Mapping[str, Any]) -> Path:
+    """Return the node's state directory: ``state-dir``, ``$FL_NODE_STATE_DIR`` or the default."""
+    raw = node_config.get("state-dir") or os.environ.get(NODE_STATE_ENV) or DEFAULT_NODE_STATE_DIR
+    return Path(str(raw)).expanduser().resolve()
 
 
 def parse_node_config(node_config: Mapping[str, Any]) -> NodeConfig:
-    """Parse a node config; Flower's simulation sets partition-id and num-partitions.
+    """Parse a node config (with its state directory's settings file) into a NodeConfig.
 
     Raises
     ------
     ConfigError
-        For a value of the wrong type or outside its range. Keys that belong to
-        other components (for example an HE key path) are left to them.
+        Listing unknown keys (with a close match), values of the wrong type or
+        outside their range, and a data file that does not exist.
     """
-    try:
-        partition_id = int(node_config.get("partition-id", 0))
-        num_partitions = int(node_config.get("num-partitions", 1))
-    except (TypeError, ValueError) as err:
-        raise ConfigError(
-            f"node-config 'partition-id' and 'num-partitions' must be integers, got "
-            f"{node_config.get('partition-id')!r} and {node_config.get('num-partitions')!r}"
-        ) from err
-    if num_partitions < 1 or not 0 <= partition_id < num_partitions:
-        raise ConfigError(
-            f"node-config 'partition-id' = {partition_id} is invalid: must be in "
-            f"[0, num-partitions = {num_partitions})"
-        )
-    raw_path = node_config.get("data-path", "")
-    if not isinstance(raw_path, str):
-        raise ConfigError(f"node-config 'data-path' = {raw_path!r} must be a string path")
-    data_path = Path(raw_path).expanduser() if raw_path else None
-    if data_path is not None and not data_path.is_file():
-        raise ConfigError(f"node-config 'data-path' = '{raw_path}' is not a readable file")
-    label_column = node_config.get("label-column", "label")
-    if not isinstance(label_column, str) or not label_column:
-        raise ConfigError(f"node-config 'label-column' = {label_column!r} must be a name")
-    return NodeConfig(
-        partition_id,
-        num_partitions,
-        data_path,
-        label_column,
-        _optional_path(node_config, "dp-state-dir", "a directory path"),
-        _optional_path(node_config, "he-secret-context", "a path to the secret HE context"),
-    )
-
-
-def _optional_path(node_config: Mapping[str, Any], key: str, allowed: str) -> Path | None:
-    value = node_config.get(key, "")
-    if not isinstance(value, str):
-        raise ConfigError(f"node-config '{key}' = {value!r} is invalid: must be {allowed}")
-    return Path(value).expanduser() if value else None
+    state_dir = node_state_dir(node_config)
+    settings: dict[str, Any] = {}
+    settings_file = state_dir / NODE_SETTINGS_FILE
+    if settings_file.is_file():
+        try:
+            settings = tomllib.loads(settings_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"node settings file '{settings_file}' is unreadable: {err}") from err
+    merged = {**settings, **node_config, "state-dir": str(state_dir)}
+    values, errors = _parse_fields(NodeConfig, "node-config", merged)
+    if not errors:
+        node = NodeConfig(**values)
+        if not node.partition_id < node.num_partitions:
+            errors.append(
+                f"node-config key 'partition-id' = {node.partition_id} is invalid: must be in "
+                f"[0, num-partitions = {node.num_partitions})"
+            )
+        data = node.path("data_path")
+        if data is not None and not data.is_file():
+            errors.append(
+                f"node-config key 'data-path' = '{node.data_path}' is not a readable file"
+            )
+        if not errors:
+            return node
+    raise ConfigError("invalid node config: " + "; ".join(errors))
 
 
 @lru_cache(maxsize=8)
@@ -417,7 +460,8 @@ def _parsed_run_config(items: frozenset[tuple[str, Any]]) -> RunConfig:
 
 
 @lru_cache(maxsize=64)
-def _parsed_node_config(items: frozenset[tuple[str, Any]]) -> NodeConfig:
+def _parsed_node_config(items: frozenset[tuple[str, Any]], state_env: str) -> NodeConfig:
+    del state_env  # part of the cache key: parse_node_config reads it
     return parse_node_config(dict(items))
 
 
@@ -428,4 +472,6 @@ def run_config_of(context: Context) -> RunConfig:
 
 def node_config_of(context: Context) -> NodeConfig:
     """Return the parsed node config of a ClientApp's context (parsed once per content)."""
-    return _parsed_node_config(frozenset(context.node_config.items()))
+    return _parsed_node_config(
+        frozenset(context.node_config.items()), os.environ.get(NODE_STATE_ENV, "")
+    )

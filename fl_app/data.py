@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from privacy.files import atomic_write_bytes
+from privacy.ledger import data_fingerprint
 
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
@@ -45,10 +46,15 @@ class Split:
 
 @dataclass(frozen=True)
 class ClientData:
-    """A client's local data: what it trains on and what it validates on."""
+    """A client's local data: what it trains on, what it validates on, and whose it is.
+
+    ``fingerprint`` identifies the client's whole data, before the split: the key of
+    its privacy ledger, so that no other split of the same data gets a new budget.
+    """
 
     train: Split
     val: Split
+    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -247,7 +253,9 @@ def split_train_val(data: Split, val_fraction: float, seed: int) -> ClientData:
     n_val = min(n - 1, max(1, round(n * val_fraction)))
     val, train = order[:n_val], order[n_val:]
     return ClientData(
-        train=Split(data.x[train], data.y[train]), val=Split(data.x[val], data.y[val])
+        train=Split(data.x[train], data.y[train]),
+        val=Split(data.x[val], data.y[val]),
+        fingerprint=data_fingerprint([data.x, data.y]),
     )
 
 

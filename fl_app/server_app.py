@@ -6,7 +6,7 @@ import json
 import platform
 import time
 import uuid
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 import flwr
@@ -17,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_app.config import ConfigError, RunConfig, parse_run_config
 from fl_app.data import DATASETS, server_split
-from fl_app.dp.local import LEDGER_ID_KEY
+from fl_app.dp.local import PLAN_KEY
 from fl_app.he.records import is_encrypted
 from fl_app.he.server import EncryptedAggregation
 from fl_app.model import build_model, resolve_model_kind
@@ -39,6 +39,8 @@ from fl_app.server.results import (
     create_run_directory,
 )
 from fl_app.task import evaluate
+from privacy.files import write_new_file
+from privacy.secrets import load_or_create_secret
 
 app = ServerApp()
 
@@ -63,32 +65,82 @@ def make_server_evaluate(config: RunConfig) -> ServerEvaluate:
     return server_evaluate
 
 
+PRIVATE_DIR = "private"
+"""Part of a run directory never to publish: the run's secret (mode 0700 / 0600)."""
+SECRET_FILE = "run-secret"
+
+
+def run_secret(directory: Path, resume_from: str) -> bytes:
+    """Return the run's secret (client-level DP's noise and sampling), kept in ``private/``.
+
+    A resumed run takes over the secret of the run it resumes, so it continues the same
+    noise; without one there, it draws a fresh secret (its noise then differs from an
+    uninterrupted run's; the privacy guarantee does not).
+    """
+    target = directory / PRIVATE_DIR / SECRET_FILE
+    if resume_from:
+        origin = Path(resume_from).expanduser()
+        source = (origin if origin.is_dir() else origin.parent) / PRIVATE_DIR / SECRET_FILE
+        if source.is_file():
+            write_new_file(target, load_or_create_secret(source))
+        else:
+            log(WARNING, "No run secret in %s: the resumed run draws fresh noise", source.parent)
+    return load_or_create_secret(target)
+
+
+def privacy_statement(config: RunConfig, record: RunRecord) -> str:
+    """Return what the run's ε covers and what it does not, in one sentence."""
+    if config.dp == "local":
+        reported = any("train-loss" in c for r in record.rounds for c in r.clients)
+        metrics = (
+            "some nodes reported losses and accuracies, which epsilon does not cover"
+            if reported
+            else "clients reported no losses or accuracies"
+        )
+        return (
+            "sample-level DP-SGD: epsilon is the largest any client's data reached "
+            f"(all its runs included), noise from each node's secret; {metrics}"
+        )
+    if config.dp == "central":
+        return (
+            "client-level DP of the published model (Poisson sampling and noise from the "
+            "run's secret); the server saw every update in plaintext"
+        )
+    return "no differential privacy"
+
+
 def final_record(
-    record: RunRecord, config: RunConfig, status: RunStatus, seconds: float
+    record: RunRecord,
+    config: RunConfig,
+    status: RunStatus,
+    seconds: float,
+    spent: dict[str, float],
 ) -> FinalRecord:
     """Return the ``final`` block: the last accuracy, where it comes from, privacy spent.
 
-    ``epsilon`` is the largest cumulative ε any client reached (``dp = "local"``:
-    sample-level, per client; ``"central"``: client-level), ``delta`` the largest δ;
-    both are ``None`` without differential privacy.
+    ``epsilon`` is the largest ε any client reported (``dp = "local"``: sample-level,
+    per client, aggregated or not) or the client-level ε of every draw the server
+    charged (``"central"``: ``spent``); ``delta`` likewise; both are ``None`` without
+    differential privacy.
     """
     last = record.rounds[-1] if record.rounds else record.initial
-    source = "server" if last.server else "evaluate"
-    metrics = getattr(last, source)
+    if last.server:
+        metrics, source = last.server, AccuracySource.SERVER_TEST_SET
+    elif last.evaluate:
+        metrics, source = last.evaluate, AccuracySource.FEDERATED_VALIDATION
+    else:
+        metrics, source = {}, AccuracySource.NONE
     return FinalRecord(
         accuracy=metrics.get("accuracy"),
         loss=metrics.get("loss"),
-        accuracy_source=(
-            AccuracySource.SERVER_TEST_SET
-            if source == "server"
-            else AccuracySource.FEDERATED_VALIDATION
-        ).value,
+        accuracy_source=source.value,
         rounds_completed=len(record.rounds),
         status=status.value,
         seconds_total=round(seconds, 3),
         dp=config.dp,
-        epsilon=record.largest("dp-epsilon"),
-        delta=record.largest("dp-delta"),
+        epsilon=spent.get("epsilon", record.largest("dp-epsilon")),
+        delta=spent.get("delta", record.largest("dp-delta")),
+        privacy=privacy_statement(config, record),
     )
 
 
@@ -113,9 +165,10 @@ def main(grid: Grid, context: Context) -> None:
         raise
     torch.set_num_threads(1)
     model = initial_model(config)
-    strategy = build_strategy(config, {k: v.numpy() for k, v in model.state_dict().items()})
     directory = create_run_directory(config.output_dir, Path.cwd())
     log(INFO, "Results directory: %s", directory)
+    secret = run_secret(directory, config.resume_from) if config.dp == "central" else b""
+    strategy = build_strategy(config, {k: v.numpy() for k, v in model.state_dict().items()}, secret)
     spec = DATASETS[config.dataset]
     record = RunRecord(
         config=config.to_dict(),
@@ -132,11 +185,11 @@ def main(grid: Grid, context: Context) -> None:
         },
     )
     arrays = ArrayRecord(model.state_dict())
-    start_round, ledger_id = 1, uuid.uuid4().hex
+    start_round, plan_id = 1, uuid.uuid4().hex
     if checkpoint is not None:
         arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
         strategy.load_state_dict(checkpoint.strategy_state)
-        start_round, ledger_id = checkpoint.server_round + 1, checkpoint.ledger_id
+        start_round, plan_id = checkpoint.server_round + 1, checkpoint.plan_id
         resumed = RunRecord.from_dict(checkpoint.results)
         record.initial, record.rounds = resumed.initial, resumed.rounds
         record.resumed_from = {"path": config.resume_from, "round": checkpoint.server_round}
@@ -152,7 +205,7 @@ def main(grid: Grid, context: Context) -> None:
                 strategy_state=strategy.state_dict(),
                 results=json.loads(json.dumps(record.to_dict())),
                 config=config.to_dict(),
-                ledger_id=ledger_id,
+                plan_id=plan_id,
             ),
         )
 
@@ -165,19 +218,21 @@ def main(grid: Grid, context: Context) -> None:
             config.round_timeout,
             config.target_accuracy,
             config.max_round_retries,
+            final_evaluation=config.dp != "local",
         ),
         results,
         None if config.he else make_server_evaluate(config),
     )
     final_arrays, status = loop.run(
-        arrays, ConfigRecord({LEDGER_ID_KEY: ledger_id}), start_round, save_round
+        arrays, ConfigRecord({PLAN_KEY: plan_id}), start_round, save_round
     )
     if is_encrypted(final_arrays) and isinstance(strategy, EncryptedAggregation):
         log(INFO, "Encrypted final model: %s", strategy.save_model(directory, final_arrays))
     else:
         model.load_state_dict(final_arrays.to_torch_state_dict(), strict=True)
         results.save_model(model.state_dict())
-    results.finish(final_record(record, config, status, time.monotonic() - started))
+    spent = strategy.privacy_spent()
+    results.finish(final_record(record, config, status, time.monotonic() - started, spent))
     results.save_plot()
     log(INFO, "Final: %s", record.final)
     log(INFO, "Results written to %s", directory)

@@ -19,20 +19,7 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from privacy import ACCOUNTANTS
 
-DELTA_CAP = 1e-5
-
 HistoryEntry = tuple[float, float, int]
-
-
-def auto_delta(num_records: int) -> float:
-    """Return the default δ for a dataset of ``num_records``: ``min(1e-5, 1 / (10 n))``.
-
-    δ is the probability that the ε guarantee fails; it must be well below ``1 / n``
-    (a mechanism that publishes one random record outright has δ = 1/n).
-    """
-    if num_records < 1:
-        raise ValueError(f"num_records must be >= 1 to choose a delta, got {num_records}")
-    return min(DELTA_CAP, 1.0 / (10.0 * num_records))
 
 
 def check_accountant(name: str) -> str:
@@ -92,29 +79,57 @@ def _epsilon_of(mechanism: str, history: tuple[HistoryEntry, ...], delta: float)
 
 @lru_cache(maxsize=64)
 def calibrate_noise(
-    target_epsilon: float, delta: float, sample_rate: float, steps: int, mechanism: str = "rdp"
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    mechanism: str = "rdp",
+    history: tuple[HistoryEntry, ...] = (),
 ) -> float:
-    """Return the noise multiplier whose ε after ``steps`` steps is at most ``target_epsilon``.
+    """Return the noise multiplier whose ε after ``steps`` more steps is at most the target.
 
-    Opacus' binary search (``get_noise_multiplier``) is slow (seconds), so results are
-    cached per process; callers that start a new process per round keep the result
-    in their ledger too.
+    Without a ``history`` this is Opacus' ``get_noise_multiplier``. With one (budget
+    already spent), it is the same binary search over σ on the whole history plus the
+    planned steps, so that the total ε lands at the target. The search is slow
+    (seconds), so results are cached per process; callers that start a new process
+    per round keep the result in their ledger too.
 
     Raises
     ------
     ValueError
-        If the budget cannot be met with any noise (Opacus: "privacy budget is too low").
+        If the budget cannot be met with any noise (the history alone exceeds it, or
+        Opacus: "privacy budget is too low").
     """
     if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
         raise ValueError(f"target epsilon must be a finite number > 0, got {target_epsilon}")
     if steps < 1 or not 0 < sample_rate <= 1:
         raise ValueError(f"need steps >= 1 and sample rate in (0, 1], got {steps}, {sample_rate}")
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=check_accountant(mechanism),
+    check_accountant(mechanism)
+    if not history:
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=mechanism,
+            )
         )
-    )
+    spent = epsilon_of(mechanism, history, delta)
+    if spent >= target_epsilon:
+        raise ValueError(
+            f"the history already spent epsilon {spent:.4g} >= target {target_epsilon:g}"
+        )
+
+    def total(sigma: float) -> float:
+        return epsilon_of(mechanism, [*history, (sigma, sample_rate, steps)], delta)
+
+    low, high = 0.0, 10.0
+    while total(high) > target_epsilon:
+        low, high = high, 2 * high
+        if high > 1e4:
+            raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon:g}")
+    while high - low > 1e-4 * high:
+        middle = (low + high) / 2
+        low, high = (middle, high) if total(middle) > target_epsilon else (low, middle)
+    return high

@@ -1,12 +1,23 @@
 """Client-level differential privacy (DP-FedAvg, McMahan et al. 2018) over numpy arrays.
 
-Each client's update (its change to the global model) is clipped to an L2 norm C;
-the server averages the clipped updates and adds Gaussian noise with standard
-deviation ``z * C * max_k w_k / sum_k w_k`` (``z * C / n`` for n equally weighted
-clients: one client's whole contribution is covered by noise ``z`` times its
-largest possible effect). ε is per *client* (whole dataset of one participant), from
-Opacus' RDP accountant with sampling rate = sampled clients / all clients and one
-step per aggregated round.
+The mechanism, step by step, and why its ε is what the accountant says:
+
+1. **Poisson sampling.** Each of the ``N`` clients takes part in a round
+   independently with probability ``q``, drawn from a secret RNG (nobody can
+   predict or replay who was sampled). This is the sampling Opacus' accountants
+   assume, so they apply the amplification by sampling at rate ``q``.
+2. **Clipping.** Each client's update (its change to the global model; for
+   gradient-sending strategies the gradient itself) is clipped to L2 norm ``C``.
+3. **Fixed denominator.** The clipped updates are *summed* and divided by the
+   expected number of participants ``m = q N``, not by the number that replied
+   (McMahan et al.'s estimator with uniform weights). Adding or removing one client
+   then moves the estimate by at most ``C / m``: the sensitivity does not depend on
+   who else took part, nor on any weight a client reports.
+4. **Gaussian noise** with standard deviation ``z C / m`` is added: the sampled
+   Gaussian mechanism with noise multiplier ``z`` and rate ``q``.
+
+ε after ``T`` such rounds is Opacus' accountant (RDP or PRV) over the history
+``[(z, q, T)]``; ε is per *client* (a client's whole data, add/remove adjacency).
 """
 
 from __future__ import annotations
@@ -23,10 +34,10 @@ def l2_norm(arrays: Sequence[np.ndarray]) -> float:
     return float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in arrays)))
 
 
-def clip_update(
+def clip_delta(
     update: Sequence[np.ndarray], reference: Sequence[np.ndarray], clipping_norm: float
 ) -> tuple[Arrays, float]:
-    """Clip ``update - reference`` to ``clipping_norm``; return ``reference + clipped``.
+    """Return ``update - reference`` clipped to ``clipping_norm`` (float64), and its norm.
 
     Parameters
     ----------
@@ -36,11 +47,6 @@ def clip_update(
         What the update is relative to (the global model the client started from).
     clipping_norm : float
         C > 0.
-
-    Returns
-    -------
-    tuple[Arrays, float]
-        The clipped arrays (dtypes kept) and the norm of the unclipped delta.
     """
     if clipping_norm <= 0:
         raise ValueError(f"clipping norm must be > 0, got {clipping_norm}")
@@ -49,57 +55,39 @@ def clip_update(
     ]
     norm = l2_norm(deltas)
     scale = min(1.0, clipping_norm / norm) if norm > 0 else 1.0
-    clipped = [
-        (r.astype(np.float64) + scale * d).astype(u.dtype)
-        for u, r, d in zip(update, reference, deltas, strict=True)
-    ]
-    return clipped, norm
+    return [scale * d for d in deltas], norm
 
 
-def aggregate_noise_std(
-    noise_multiplier: float, clipping_norm: float, weights: Sequence[float]
-) -> float:
-    """Return the noise std for a weighted mean of clipped updates: ``z * C * max w / sum w``."""
-    w = np.asarray(weights, dtype=np.float64)
-    if w.size == 0 or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"weights must be >= 0 and not all zero, got {list(weights)}")
-    return float(noise_multiplier * clipping_norm * w.max() / w.sum())
+def poisson_sample(num_clients: int, sample_rate: float, rng: np.random.Generator) -> list[int]:
+    """Return the indices of the clients sampled, each independently with ``sample_rate``."""
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"sample rate must be in (0, 1], got {sample_rate}")
+    return [int(i) for i in np.flatnonzero(rng.random(num_clients) < sample_rate)]
 
 
-def add_gaussian_noise(
-    arrays: Sequence[np.ndarray], std: float, rng: np.random.Generator
+def noisy_mean_delta(
+    clipped: Sequence[Arrays],
+    like: Sequence[np.ndarray],
+    expected_clients: float,
+    noise_std: float,
+    rng: np.random.Generator,
 ) -> Arrays:
-    """Return ``arrays`` plus i.i.d. N(0, std²) noise on every floating-point entry.
+    """Return ``(sum of clipped deltas + N(0, noise_std^2)) / expected_clients``, per array.
 
-    Integer arrays (counters) carry no gradient information and are left unchanged.
+    ``noise_std`` is the standard deviation of the noise on the *sum* (``z C``);
+    ``like`` gives the shapes when no client took part (the noise is still added).
+    Integer arrays (counters) carry no gradient information and stay zero.
     """
-    noisy = []
-    for array in arrays:
+    if expected_clients <= 0:
+        raise ValueError(f"expected clients must be > 0, got {expected_clients}")
+    result = []
+    for position, array in enumerate(like):
+        total = np.zeros(array.shape, dtype=np.float64)
+        for delta in clipped:
+            total += delta[position]
         if np.issubdtype(array.dtype, np.floating):
-            noise = rng.normal(0.0, std, size=array.shape)
-            noisy.append((array.astype(np.float64) + noise).astype(array.dtype))
+            total += rng.normal(0.0, noise_std, size=array.shape)
         else:
-            noisy.append(array.copy())
-    return noisy
-
-
-def client_level_epsilon(
-    noise_multiplier: float, history: Sequence[tuple[float, int]], delta: float
-) -> float:
-    """Return client-level ε after the rounds in ``history``.
-
-    Parameters
-    ----------
-    noise_multiplier : float
-        z of the aggregate noise.
-    history : sequence of (sample_rate, rounds)
-        Sampling rate (sampled / all clients) of each aggregated round, grouped.
-    delta : float
-        δ, below 1 / number of clients.
-    """
-    from privacy.accounting import epsilon_of  # imports Opacus: only where DP is accounted
-
-    if noise_multiplier <= 0:
-        return float("inf") if history else 0.0
-    entries = [(noise_multiplier, float(q), int(n)) for q, n in history]
-    return epsilon_of("rdp", entries, delta)
+            total[...] = 0.0
+        result.append(total / expected_clients)
+    return result

@@ -53,8 +53,11 @@ DEFAULT_GRAD_SAMPLE_MODE = "hooks"
 def quiet_opacus() -> Iterator[None]:
     """Silence Opacus' warnings that do not apply here.
 
-    Seeded (non-secure) noise is deliberate (reproducible runs); the full-backward-hook
-    notice is about inputs that need no gradient, which is always true for data.
+    "Secure RNG turned off": ``secure_mode`` needs ``torchcsprng``, which has no build
+    for torch 2.x; callers seed the noise from a secret and a fresh nonce instead
+    (:mod:`privacy.secrets`; the limits are stated in docs/differential-privacy.md).
+    The full-backward-hook notice is about inputs that need no gradient, which is
+    always true for data.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -205,7 +208,8 @@ def make_private(
         for our models in ``bench/dp.py``) or ``"ghost"`` (ghost clipping, which pays
         off for large layers and batches).
     noise_seed : int, optional
-        Seeds the Gaussian noise (reproducible runs); None = fresh randomness.
+        Seeds the Gaussian noise (derive it from a secret: :mod:`privacy.secrets`);
+        None = torch's global generator.
     criterion : nn.Module, optional
         The loss; cross-entropy by default.
 

@@ -1,41 +1,61 @@
-"""A persistent privacy ledger: what one participant has spent under one ledger ID.
+"""A persistent privacy ledger: what one data holder has spent on one dataset.
 
-One JSON file per (ledger ID, participant). It holds the accountant's history (what
-ε is computed from), the calibrated plan (so that a new process need not recalibrate)
-and one entry per training session. Writes are atomic (temporary file, fsync, rename);
-a write that would *shrink* the recorded history is refused, and an unreadable file
-is reported, never replaced: spent privacy budget is never forgotten.
+One JSON file per dataset, named by the dataset's fingerprint (a hash of its
+content), in the data holder's own state directory: nothing a server sends (a run
+ID, a partition ID) selects or resets it. It holds the accountant's history (the
+``(noise_multiplier, sample_rate, steps)`` entries ε is computed from, whatever
+accountant and δ a later run asks for), the calibrated noise of each plan (so a new
+process need not recalibrate) and one entry per training session.
+
+A session is charged *before* it trains (:mod:`privacy.session`), under an exclusive
+lock held until the session has been recorded (:func:`locked_ledger`), so two
+processes never spend the same budget twice and a crash during training never
+un-spends it. Writes are atomic (temporary file, fsync, rename, mode 0600); a write
+that would shrink the recorded history is refused, and an unreadable file is
+reported, never replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from privacy.files import atomic_write_bytes
 
-FORMAT_VERSION = 1
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+FORMAT_VERSION = 2
+_FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
 
 
 class LedgerError(RuntimeError):
     """A ledger file is unreadable, belongs to something else, or would lose history."""
 
 
+def data_fingerprint(arrays: Sequence[np.ndarray]) -> str:
+    """Return the fingerprint of a dataset: SHA-256 of its arrays' dtypes, shapes and bytes."""
+    digest = hashlib.sha256(b"fl-privacy-dataset/1")
+    for array in arrays:
+        contiguous = np.ascontiguousarray(array)
+        digest.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
+        digest.update(contiguous.tobytes())
+    return digest.hexdigest()[:32]
+
+
 @dataclass
 class LedgerRecord:
-    """The content of one ledger: a participant's spending under one ledger ID."""
+    """The content of one ledger: a data holder's spending on one dataset."""
 
-    ledger_id: str
-    participant: str
-    mechanism: str
-    delta: float
-    target_epsilon: float
+    fingerprint: str
     history: list[list[float]] = field(default_factory=list)
-    plan: dict[str, Any] = field(default_factory=dict)
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)
     sessions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -48,42 +68,29 @@ class LedgerRecord:
         try:
             data = json.loads(text)
             if data.pop("format_version") != FORMAT_VERSION:
-                raise ValueError("unsupported format_version")
+                raise ValueError(f"format_version is not {FORMAT_VERSION}")
             return cls(**data)
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise LedgerError(f"privacy ledger {origin} is unreadable ({err})") from err
 
     def total_steps(self) -> int:
-        """Return the DP-SGD steps recorded in the history."""
+        """Return the DP steps recorded in the history."""
         return sum(int(entry[2]) for entry in self.history)
 
     def extends(self, other: LedgerRecord) -> bool:
-        """Return True if this record keeps all of ``other``'s sessions (same or more)."""
+        """Return True if this record keeps all of ``other``'s sessions and steps."""
         return (
-            self.ledger_id == other.ledger_id
-            and self.participant == other.participant
+            self.fingerprint == other.fingerprint
             and self.sessions[: len(other.sessions)] == other.sessions
-            and self.total_steps() >= other.total_steps()
+            and self.history[: len(other.history)] == other.history
         )
 
 
-def check_name(name: str, what: str) -> str:
-    """Return ``name`` if it is safe as a file name part, else raise ValueError."""
-    if not _SAFE_NAME.match(name):
-        raise ValueError(
-            f"{what} {name!r} is invalid: use 1-128 letters, digits, '_', '-', '.', "
-            "starting with a letter or digit"
-        )
-    return name
-
-
-def ledger_path(directory: Path, ledger_id: str, participant: str) -> Path:
-    """Return ``<directory>/<ledger_id>/<participant>.json`` (names checked)."""
-    return (
-        directory
-        / check_name(ledger_id, "ledger id")
-        / f"{check_name(participant, 'participant')}.json"
-    )
+def ledger_path(directory: Path, fingerprint: str) -> Path:
+    """Return ``<directory>/<fingerprint>.json`` (the fingerprint checked)."""
+    if not _FINGERPRINT.match(fingerprint):
+        raise ValueError(f"ledger fingerprint {fingerprint!r} is not 32 hexadecimal digits")
+    return directory / f"{fingerprint}.json"
 
 
 def read_ledger(path: Path) -> LedgerRecord | None:
@@ -104,13 +111,12 @@ def read_ledger(path: Path) -> LedgerRecord | None:
 
 
 def write_ledger(path: Path, record: LedgerRecord) -> None:
-    """Write ``record`` to ``path`` atomically, refusing to lose recorded sessions.
+    """Write ``record`` to ``path`` atomically (0600), refusing to lose recorded spending.
 
     Raises
     ------
     LedgerError
-        If the file on disk holds sessions or steps that ``record`` does not keep
-        (another process spent budget meanwhile, or the record is stale).
+        If the file on disk holds sessions or history that ``record`` does not keep.
     """
     existing = read_ledger(path)
     if existing is not None and not record.extends(existing):
@@ -119,5 +125,23 @@ def write_ledger(path: Path, record: LedgerRecord) -> None:
             f"{len(existing.sessions)} sessions / {existing.total_steps()} steps that the new "
             f"state ({len(record.sessions)} sessions / {record.total_steps()} steps) does not keep"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     atomic_write_bytes(path, record.to_json().encode(), mode=0o600)
+
+
+@contextlib.contextmanager
+def locked_ledger(path: Path) -> Iterator[LedgerRecord]:
+    """Hold an exclusive lock on a ledger; yield its record (a new one if none exists).
+
+    Whatever the caller changes is written back when the block ends, also when it
+    ends with an exception: a session charged before it failed stays charged.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        record = read_ledger(path) or LedgerRecord(path.stem)
+        try:
+            yield record
+        finally:
+            write_ledger(path, record)

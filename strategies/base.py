@@ -203,6 +203,10 @@ class RoundStrategy(Strategy):
         if state:
             raise ValueError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
 
+    def privacy_spent(self) -> dict[str, float]:
+        """Return the ε and δ the strategy's own DP mechanism has spent (none by default)."""
+        return {}
+
 
 class BaseStrategy(RoundStrategy):
     """Shared sampling, messaging and reply checks for our aggregation strategies.

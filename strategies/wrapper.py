@@ -44,6 +44,10 @@ class StrategyWrapper(RoundStrategy):
         """Restore the wrapped strategy's state."""
         self.strategy.load_state_dict(state)
 
+    def privacy_spent(self) -> dict[str, float]:
+        """Return what the wrapped strategy has spent."""
+        return self.strategy.privacy_spent()
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,8 @@ class InProcessGrid(Grid):
         robustness benchmarks, never reachable from a run config.
     override_config : dict[str, Any], optional
         What ``grid.run.override_config`` returns (the raw ``--run-config``).
+    node_configs : Sequence[dict[str, Any]], optional
+        More node-config keys, one dict per node (as a SuperNode's ``--node-config``).
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class InProcessGrid(Grid):
         run_config: dict[str, Any],
         reply_hook: Callable[[int, Message, Message], Message | None] | None = None,
         override_config: dict[str, Any] | None = None,
+        node_configs: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         set_task_identity()
         self.client_app = client_app
@@ -72,7 +75,11 @@ class InProcessGrid(Grid):
             node: Context(
                 run_id=RUN_ID,
                 node_id=node,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                node_config={
+                    "partition-id": i,
+                    "num-partitions": num_nodes,
+                    **(node_configs[i] if node_configs else {}),
+                },
                 state=RecordDict(),
                 run_config=dict(run_config),
             )
@@ -145,6 +152,7 @@ def run_server_app_in_process(
     num_nodes: int = 3,
     client_app: ClientApp | None = None,
     reply_hook: ReplyHook | None = None,
+    node_configs: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run the real ServerApp once against ``num_nodes`` in-process ClientApps.
 
@@ -160,6 +168,8 @@ def run_server_app_in_process(
         Defaults to the product's ClientApp.
     reply_hook : ReplyHook, optional
         Fault injection, see :class:`InProcessGrid`.
+    node_configs : Sequence[dict[str, Any]], optional
+        More node-config keys per node, see :class:`InProcessGrid`.
 
     Returns
     -------
@@ -174,6 +184,7 @@ def run_server_app_in_process(
         config,
         reply_hook,
         override_config=overrides,
+        node_configs=node_configs,
     )
     context = Context(
         run_id=RUN_ID, node_id=0, node_config={}, state=RecordDict(), run_config=config

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from fl_app.config import NODE_STATE_ENV
+
 APP_DIR = Path(__file__).resolve().parent.parent
 TIERS = ("unit", "app", "integration")
 
@@ -34,3 +36,11 @@ def flwr_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     home = tmp_path_factory.mktemp("flwr-home")
     monkeypatch.setenv("FLWR_HOME", str(home))
     return home
+
+
+@pytest.fixture(autouse=True)
+def node_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point simulated nodes' state (secrets, privacy ledgers) at a directory of the test's own."""
+    state = tmp_path_factory.mktemp("node-state")
+    monkeypatch.setenv(NODE_STATE_ENV, str(state))
+    return state

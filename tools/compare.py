@@ -132,6 +132,24 @@ def _watch(handle: RunHandle, progress: Progress, task: Any, label: str, rounds:
         time.sleep(0.5)
 
 
+def _start_link(sweep: Sweep, setting: str, links: dict[str, LocalSuperLink]) -> LocalSuperLink:
+    """Start the SuperLink of one setting, stopping the previous setting's.
+
+    Each setting's simulated data holders keep their state (secrets, privacy ledgers)
+    in ``<out>/node-state/<setting>``: settings never share a budget, and a resumed
+    sweep continues the same budgets.
+    """
+    for link in links.values():
+        link.stop()
+    links.clear()
+    link = LocalSuperLink(
+        sweep.out / "flwr-home", cwd=sweep.out, node_state=sweep.out / "node-state" / setting
+    )
+    link.start()
+    links[setting] = link
+    return link
+
+
 def run_sweep(sweep: Sweep, console: Console) -> list[SettingSummary]:
     """Run every (setting, seed) not finished yet; return all results by setting."""
     jobs = [(s, seed) for s in sweep.settings for seed in sweep.seeds]
@@ -146,17 +164,14 @@ def run_sweep(sweep: Sweep, console: Console) -> list[SettingSummary]:
     )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("starting", total=len(jobs))
-        link: LocalSuperLink | None = None
+        links: dict[str, LocalSuperLink] = {}
         try:
             for index, (setting, seed) in enumerate(jobs, start=1):
                 label = f"[{index}/{len(jobs)}] {setting} seed {seed}"
                 run_dir = sweep.run_dir(setting, seed)
                 finished = _load_finished(run_dir)
                 if finished is None:
-                    if link is None:
-                        # kept in --out: a resumed sweep finds the same HE keys and ledgers
-                        link = LocalSuperLink(sweep.out / "flwr-home", cwd=sweep.out)
-                        link.start()
+                    link = links.get(setting) or _start_link(sweep, setting, links)
                     resume_from = _prepare_run_dir(run_dir)
                     overrides = {**sweep.run_config(setting, seed), "output-dir": str(run_dir)}
                     if resume_from:
@@ -171,7 +186,7 @@ def run_sweep(sweep: Sweep, console: Console) -> list[SettingSummary]:
                 summaries[setting].runs.append(finished)
                 progress.advance(task)
         finally:
-            if link is not None:
+            for link in links.values():
                 link.stop()
     return list(summaries.values())
 
@@ -433,7 +448,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--strategy", default="fedavg")
     p.add_argument("--dataset", default="digits")
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per setting")
+    p.add_argument(
+        "--seeds", type=int, default=3, help="seeds 0..N-1 per setting; mean ± std over them"
+    )
     p.add_argument("--out", type=Path, default=Path("comparison"))
     p.add_argument("--list", action="store_true", help="print the setting names and exit")
     return p

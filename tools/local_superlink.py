@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from fl_app.config import NODE_STATE_ENV
 from tools.app_source import AppSource
 from tools.flwr_run import (
     RunHandle,
@@ -87,11 +88,15 @@ class LocalSuperLink:
     cwd : Path
         Working directory of the SuperLink, hence of the ServerApp: a relative
         ``output-dir`` is resolved against it.
+    node_state : Path, optional
+        The simulated nodes' state directory (secrets, privacy ledgers), outside
+        ``flwr_home``; default ``<flwr_home>-nodes`` next to it.
     """
 
-    def __init__(self, flwr_home: Path, cwd: Path) -> None:
+    def __init__(self, flwr_home: Path, cwd: Path, node_state: Path | None = None) -> None:
         self.flwr_home = flwr_home.resolve()
         self.cwd = cwd.resolve()
+        self.node_state = (node_state or flwr_home.with_name(flwr_home.name + "-nodes")).resolve()
         self.port = free_port()
         self.control_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -103,6 +108,7 @@ class LocalSuperLink:
             self.flwr_home,
             FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(self.port),
             FLWR_LOCAL_CONTROL_API_PORT=str(self.control_port),
+            **{NODE_STATE_ENV: str(self.node_state)},
         )
 
     def _healthy(self) -> bool:

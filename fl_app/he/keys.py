@@ -64,8 +64,9 @@ def client_secret_context(node: NodeConfig) -> HEKey:
     HEError
         If a configured path is not a readable secret context.
     """
-    if node.he_secret_context is not None:
-        return load_context_file(node.he_secret_context, secret=True)
+    configured = node.path("he_secret_context")
+    if configured is not None:
+        return load_context_file(configured, secret=True)
     directory = default_key_dir()
     secret_path, public_path = directory / SECRET_FILE, directory / PUBLIC_FILE
     if not (secret_path.is_file() and public_path.is_file()):

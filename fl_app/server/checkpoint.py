@@ -1,11 +1,13 @@
 """Checkpoints: everything needed to resume a run exactly, in one atomically written file.
 
 A checkpoint is a single ``.npz`` archive (no pickle, so loading one never runs code):
-the global arrays, the strategy's state (server-optimiser moments included), the last
-completed round, the results history so far, the run config and the run's ledger ID
-(the key under which clients keep their privacy budget, unchanged across resumes).
-Sampling and local training are seeded per round, so restoring these is enough for a
-resumed run to end with the same weights as an uninterrupted one.
+the global arrays, the strategy's state (server-optimiser moments, the client-level
+DP accounting), the last completed round, the results history so far, the run config
+and the run's DP plan ID (which names the clients' noise calibration; budgets are the
+clients' own). It holds nothing secret and may be published with the results: the
+run's secret stays in the run directory's ``private/`` folder. Sampling and plain
+local training are seeded per round, so restoring these is enough for a resumed run
+to end with the same weights as an uninterrupted one (privacy noise is fresh).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from privacy.files import atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint.npz"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META_KEY = "meta"
 ARRAY_TAG = "__array__"
 
@@ -52,7 +54,7 @@ class Checkpoint:
     strategy_state: dict[str, Any]
     results: dict[str, Any]
     config: dict[str, Any]
-    ledger_id: str
+    plan_id: str
 
 
 def _flatten(value: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
@@ -89,7 +91,7 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
         "strategy_state": _flatten(checkpoint.strategy_state, "strategy", arrays),
         "results": checkpoint.results,
         "config": checkpoint.config,
-        "ledger_id": checkpoint.ledger_id,
+        "plan_id": checkpoint.plan_id,
     }
     for i, array in enumerate(checkpoint.arrays.values()):
         arrays[f"global/{i}"] = array
@@ -133,7 +135,7 @@ def load_checkpoint(location: Path) -> Checkpoint:
         strategy_state=_unflatten(meta["strategy_state"], arrays),
         results=meta["results"],
         config=meta["config"],
-        ledger_id=str(meta["ledger_id"]),
+        plan_id=str(meta["plan_id"]),
     )
 
 

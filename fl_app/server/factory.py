@@ -10,6 +10,7 @@ only. Privacy add-ons then wrap the strategy through its public API.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -75,7 +76,9 @@ def build_base_strategy(config: RunConfig) -> BaseStrategy:
     )
 
 
-def build_strategy(config: RunConfig, template: dict[str, np.ndarray]) -> RoundStrategy:
+def build_strategy(
+    config: RunConfig, template: dict[str, np.ndarray], secret: bytes
+) -> RoundStrategy:
     """Return the strategy the ServerApp runs: the base one, wrapped by privacy add-ons.
 
     Parameters
@@ -84,18 +87,24 @@ def build_strategy(config: RunConfig, template: dict[str, np.ndarray]) -> RoundS
         The validated run config (its rules already refuse impossible combinations).
     template : dict[str, np.ndarray]
         The global model's arrays by name (encrypted aggregation packs by them).
+    secret : bytes
+        The run's secret (client-level DP draws its sampling and noise from it).
     """
-    base = build_base_strategy(config)
-    strategy: RoundStrategy = base
-    if config.dp == "central":
+    if config.dp != "central":
+        base = build_base_strategy(config)
+        strategy: RoundStrategy = base
+    else:  # the wrapper draws the sample: the strategy asks every node
+        base = build_base_strategy(replace(config, fraction_train=1.0))
         dp = ClientLevelDP(
-            config.dp_clipping_norm,
-            config.dp_central_noise_multiplier,
-            config.dp_target_epsilon,
-            config.dp_delta,
-            config.num_server_rounds,
+            clipping_norm=config.dp_clipping_norm,
+            noise_multiplier=config.dp_central_noise_multiplier,
+            target_epsilon=config.dp_target_epsilon,
+            delta=config.dp_delta,
+            sample_rate=config.fraction_train,
+            num_rounds=config.num_server_rounds,
+            accountant=config.dp_accountant,
         )
-        strategy = CentralDP(base, dp, config.seed)
+        strategy = CentralDP(base, dp, secret)
     if config.he:
         strategy = EncryptedAggregation(
             base, public_context_path(config.he_public_context), template

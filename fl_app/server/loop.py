@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fl_app.server.results import ResultsWriter, RoundRecord, RunStatus
+from privacy import BudgetExceededError, PrivacyError
 from strategies.base import NodeFailure, RoundStrategy
 from strategies.protocol import EVAL_PREFIX, NUM_EXAMPLES_KEY
 
@@ -41,6 +42,7 @@ class LoopSettings:
     round_timeout: float
     target_accuracy: float
     max_round_retries: int = 0
+    final_evaluation: bool = True
 
 
 def wire_bytes(messages: Iterable[Message]) -> int:
@@ -143,7 +145,16 @@ class TrainingLoop:
         status = RunStatus.COMPLETED
         last_round = start_round - 1
         for server_round in range(start_round, self.settings.num_rounds + 1):
-            new_arrays = self._train_round(server_round, arrays, train_config)
+            try:
+                new_arrays = self._train_round(server_round, arrays, train_config)
+            except PrivacyError as err:
+                status = (
+                    RunStatus.BUDGET_EXHAUSTED
+                    if isinstance(err, BudgetExceededError)
+                    else RunStatus.FAILED
+                )
+                log(ERROR, "Stopping before round %d: %s", server_round, err)
+                break
             last_round = server_round
             if new_arrays is None:
                 status = RunStatus.STOPPED_TOO_FEW_UPDATES
@@ -167,8 +178,10 @@ class TrainingLoop:
                     server_round,
                 )
                 break
-        if last_round >= start_round:
+        if last_round >= start_round and self.settings.final_evaluation:
             self._final_evaluation(last_round, arrays)
+        elif last_round >= start_round:
+            log(INFO, "Final federated evaluation skipped: DP clients report no evaluation")
         return arrays, status
 
     def _train_round(

@@ -40,6 +40,8 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     TARGET_REACHED = "target-reached"
     STOPPED_TOO_FEW_UPDATES = "stopped-too-few-updates"
+    BUDGET_EXHAUSTED = "budget-exhausted"
+    FAILED = "failed"
 
     @property
     def finished(self) -> bool:
@@ -52,6 +54,8 @@ class AccuracySource(StrEnum):
 
     SERVER_TEST_SET = "server-test-set"
     FEDERATED_VALIDATION = "federated-validation"
+    NONE = "none"
+    """Nobody could measure it (encrypted model, clients under local DP report nothing)."""
 
 
 @dataclass
@@ -98,6 +102,8 @@ class FinalRecord:
     dp: str
     epsilon: float | None
     delta: float | None
+    privacy: str = ""
+    """What ``epsilon`` covers and what it does not (docs/differential-privacy.md)."""
 
 
 @dataclass
@@ -134,8 +140,13 @@ class RunRecord:
         return [(n, getattr(e, source)) for n, e in entries if getattr(e, source)]
 
     def largest(self, metric: str) -> float | None:
-        """Return the largest value of a train metric over the rounds (None if absent)."""
-        values = [r.train[metric] for r in self.rounds if metric in r.train]
+        """Return the largest value of a metric any reply or round reported (None if none).
+
+        Every client's reply counts, aggregated or not.
+        """
+        values = [
+            entry[metric] for r in self.rounds for entry in (r.train, *r.clients) if metric in entry
+        ]
         return max(values) if values else None
 
 

@@ -5,14 +5,11 @@ import math
 
 import pytest
 import torch
-from flwr.app import ConfigRecord, RecordDict
 from opacus.accountants import RDPAccountant
 
-from fl_app.config import ConfigError, parse_node_config, parse_run_config
+from fl_app.config import ConfigError, parse_run_config
 from fl_app.data import embedded_client_data
-from fl_app.dp.local import STATE_KEY, ledger_file, load_ledger
 from fl_app.model import build_model
-from privacy.ledger import LedgerRecord, write_ledger
 from testing.inprocess_grid import run_server_app_in_process as run_server_app
 
 LOCAL = {"dp": "local", "local-epochs": 1, "batch-size": 32, "dp-target-epsilon": 0.0}
@@ -34,12 +31,13 @@ def test_cumulative_epsilon_after_k_rounds_matches_opacus(tmp_path):
         tmp_path / "out", {**LOCAL, "num-server-rounds": 3, "dp-noise-multiplier": 1.2}, num_nodes=2
     )
     assert results["status"] == "completed"
-    n_train = results["rounds"][0]["clients"][0]["num-examples"]
-    steps_per_round = math.ceil(n_train / 32)
+    steps_per_round = steps_per_epoch(2)
     for k, record in enumerate(results["rounds"], start=1):
-        client = next(c for c in record["clients"] if c["num-examples"] == n_train)
-        expected = rdp_epsilon(1.2, 1 / steps_per_round, k * steps_per_round, client["dp-delta"])
-        assert client["dp-epsilon"] == pytest.approx(expected, rel=1e-9)
+        for client in record["clients"]:
+            assert client["dp-sample-rate"] == 1 / steps_per_round
+            assert client["dp-steps"] == steps_per_round
+            expected = rdp_epsilon(1.2, 1 / steps_per_round, k * steps_per_round, 1e-5)
+            assert client["dp-epsilon"] == pytest.approx(expected, rel=1e-9)
         assert record["train"]["dp-epsilon"] == max(c["dp-epsilon"] for c in record["clients"])
     fresh_engine_per_round = rdp_epsilon(1.2, 1 / steps_per_round, steps_per_round, 1e-5)
     assert results["final"]["epsilon"] > 1.3 * fresh_engine_per_round
@@ -50,14 +48,14 @@ def test_cumulative_epsilon_after_k_rounds_matches_opacus(tmp_path):
     build_model("auto", (1, 8, 8), 10, dp_sgd=True).load_state_dict(state, strict=True)
 
 
-def steps_per_round(num_nodes, partition_id=0, batch_size=32):
+def steps_per_epoch(num_nodes, partition_id=0, batch_size=32):
     data = embedded_client_data("digits", 0.2, 0.1, "iid", num_nodes, partition_id, 42, 0.5, 2)
     return math.ceil(len(data.train) / batch_size)
 
 
 def test_small_budget_stops_clients_before_exceeding_and_the_run_ends_cleanly(tmp_path):
-    steps = steps_per_round(2)
-    assert steps == steps_per_round(2, 1)
+    steps = steps_per_epoch(2)
+    assert steps == steps_per_epoch(2, 1)
     one_round = rdp_epsilon(1.0, 1 / steps, steps, 1e-5)
     two_rounds = rdp_epsilon(1.0, 1 / steps, 2 * steps, 1e-5)
     target = round((one_round + two_rounds) / 2, 3)  # one round fits, a second does not
@@ -77,32 +75,40 @@ def test_small_budget_stops_clients_before_exceeding_and_the_run_ends_cleanly(tm
     assert results["rounds"][0]["aggregated"] and not results["rounds"][1]["aggregated"]
     reasons = [f["reason"] for f in results["rounds"][1]["failures"]]
     assert len(reasons) == 2
-    assert all("privacy budget exhausted" in r and f"> target {target:g}" in r for r in reasons)
+    assert all(
+        "node refuses to train" in r and f"> the run's target {target:g}" in r for r in reasons
+    )
     assert results["final"]["epsilon"] <= target
 
 
-def test_resumed_run_keeps_the_spent_epsilon(tmp_path, flwr_home):
+def test_resumed_run_keeps_the_spent_epsilon(tmp_path, node_state, monkeypatch):
     config = {**LOCAL, "num-server-rounds": 3, "dp-noise-multiplier": 1.1}
-    full = run_server_app(tmp_path / "full", config, num_nodes=2)
     run_server_app(tmp_path / "part", {**config, "num-server-rounds": 2}, num_nodes=2)
     resumed = run_server_app(
         tmp_path / "resumed", {**config, "resume-from": str(tmp_path / "part")}, num_nodes=2
     )
-    # fresh in-process nodes (empty Context.state): the ledger files carry the budget
+    monkeypatch.setenv("FL_NODE_STATE_DIR", str(tmp_path / "other-data-holders"))
+    full = run_server_app(tmp_path / "full", config, num_nodes=2)
     assert sorted(client_epsilons(resumed)[2].values()) == sorted(client_epsilons(full)[2].values())
     assert resumed["final"]["epsilon"] == full["final"]["epsilon"]
-    ledgers = list((flwr_home / "dp-ledgers").glob("*/partition-*.json"))
-    assert len(ledgers) == 4  # two runs (ledger IDs) x two clients
-    resumed_ledger = json.loads(
-        next(p for p in ledgers if len(json.loads(p.read_text())["sessions"]) == 3).read_text()
-    )
-    assert [s["round"] for s in resumed_ledger["sessions"]] == [1, 2, 3]
+    ledgers = list((node_state / "ledgers").glob("*.json"))
+    assert len(ledgers) == 2  # one per data holder's data, whatever the runs
+    plans = {s["plan"] for p in ledgers for s in json.loads(p.read_text())["sessions"]}
+    assert len(plans) == 1  # the resumed run keeps the interrupted run's plan
+    for path in ledgers:
+        assert [s["round"] for s in json.loads(path.read_text())["sessions"]] == [1, 2, 3]
+        assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_central_dp_reports_client_level_epsilon(tmp_path):
     results = run_server_app(
         tmp_path / "out",
-        {"dp": "central", "num-server-rounds": 2, "dp-central-noise-multiplier": 0.8},
+        {
+            "dp": "central",
+            "num-server-rounds": 2,
+            "dp-central-noise-multiplier": 0.8,
+            "dp-target-epsilon": 0.0,
+        },
         num_nodes=3,
     )
     assert results["status"] == "completed"
@@ -113,14 +119,17 @@ def test_central_dp_reports_client_level_epsilon(tmp_path):
     assert results["final"]["delta"] == 1e-5
 
 
-def test_central_dp_with_negligible_noise_and_wide_clip_equals_fedavg(tmp_path):
-    plain = run_server_app(tmp_path / "plain", {"num-server-rounds": 1}, num_nodes=2)
+def test_central_dp_with_negligible_noise_and_wide_clip_equals_the_simple_average(tmp_path):
+    plain = run_server_app(
+        tmp_path / "plain", {"num-server-rounds": 1, "strategy": "simple-average"}, num_nodes=2
+    )
     private = run_server_app(
         tmp_path / "dp",
         {
             "dp": "central",
             "num-server-rounds": 1,
             "dp-central-noise-multiplier": 1e-12,
+            "dp-target-epsilon": 0.0,
             "dp-clipping-norm": 1e3,
         },
         num_nodes=2,
@@ -167,39 +176,28 @@ def test_too_large_delta_is_refused_by_the_client(tmp_path):
         num_nodes=2,
     )
     assert results["status"] == "stopped-too-few-updates"
-    assert "must be below 1/n" in results["rounds"][0]["failures"][0]["reason"]
+    assert "delta 0.5 is not below 1/n" in results["rounds"][0]["failures"][0]["reason"]
 
 
-def test_ledger_location_and_the_larger_spending_wins(tmp_path, flwr_home):
-    node = parse_node_config(
-        {"partition-id": 3, "num-partitions": 4, "dp-state-dir": str(tmp_path)}
-    )
-    path = ledger_file(node, "run1")
-    assert path == tmp_path / "run1" / "partition-3.json"
-    default = ledger_file(parse_node_config({}), "run1")
-    assert default == flwr_home / "dp-ledgers" / "run1" / "partition-0.json"
-    fresh = LedgerRecord("run1", "partition-3", "rdp", 1e-5, 8.0)
-    on_disk = LedgerRecord("run1", "partition-3", "rdp", 1e-5, 8.0, [[1.0, 0.1, 20]])
-    on_disk.sessions = [{"round": 1}, {"round": 2}]
-    write_ledger(path, on_disk)
-    in_state = LedgerRecord("run1", "partition-3", "rdp", 1e-5, 8.0, [[1.0, 0.1, 10]])
-    in_state.sessions = [{"round": 1}]
-    state = RecordDict({STATE_KEY: ConfigRecord({"json": in_state.to_json()})})
-    assert load_ledger(state, path, "run1", fresh) == on_disk
-    assert load_ledger(RecordDict(), tmp_path / "none.json", "run1", fresh) is fresh
-
-
-def test_central_dp_resumes_with_its_accounting_and_identical_weights(tmp_path):
-    config = {"dp": "central", "num-server-rounds": 3, "dp-central-noise-multiplier": 0.5}
-    full = run_server_app(tmp_path / "full", config, num_nodes=2)
+def test_central_dp_resumes_with_its_accounting_and_the_run_secret(tmp_path):
+    config = {
+        "dp": "central",
+        "num-server-rounds": 3,
+        "dp-central-noise-multiplier": 0.5,
+        "dp-target-epsilon": 0.0,
+    }
     run_server_app(tmp_path / "part", {**config, "num-server-rounds": 2}, num_nodes=2)
-    resumed = run_server_app(
-        tmp_path / "resumed", {**config, "resume-from": str(tmp_path / "part")}, num_nodes=2
-    )
-    assert resumed["final"]["epsilon"] == full["final"]["epsilon"]
-    assert resumed["rounds"][2]["train"]["dp-epsilon"] == pytest.approx(
-        rdp_epsilon(0.5, 1.0, 3, 1e-5)
-    )
-    a = torch.load(tmp_path / "full" / "model.pt")
-    b = torch.load(tmp_path / "resumed" / "model.pt")
+    again = [
+        run_server_app(
+            tmp_path / name, {**config, "resume-from": str(tmp_path / "part")}, num_nodes=2
+        )
+        for name in ("resumed", "resumed-again")
+    ]
+    for resumed in again:
+        assert resumed["final"]["epsilon"] == pytest.approx(rdp_epsilon(0.5, 1.0, 3, 1e-5))
+    secrets = [(tmp_path / d / "private" / "run-secret").read_bytes() for d in ("part", "resumed")]
+    assert secrets[0] == secrets[1]
+    # the same secret continues the same noise: two resumptions end identically
+    a = torch.load(tmp_path / "resumed" / "model.pt")
+    b = torch.load(tmp_path / "resumed-again" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -107,4 +107,18 @@ def test_node_config(tmp_path):
         parse_node_config({"data-path": str(tmp_path / "missing.npz")})
     data = tmp_path / "d.npz"
     data.write_bytes(b"x")
-    assert parse_node_config({"data-path": str(data)}).data_path == data
+    assert parse_node_config({"data-path": str(data)}).path("data_path") == data
+
+
+def test_node_config_names_unknown_keys_and_reads_the_data_holders_settings_file(node_state):
+    with pytest.raises(ConfigError, match="unknown node-config key 'dp-max-epsilom'"):
+        parse_node_config({"dp-max-epsilom": 1.0})
+    with pytest.raises(ConfigError, match=r"'dp-max-delta' = 2\.0 is invalid"):
+        parse_node_config({"dp-max-delta": 2.0})
+    assert parse_node_config({}).state_dir == str(node_state)
+    (node_state / "node-config.toml").write_text("dp-max-epsilon = 3.0\ndp-report-metrics = true\n")
+    node = parse_node_config({"dp-max-epsilon": 2.0})
+    assert node.dp_max_epsilon == 2.0 and node.dp_report_metrics is True
+    (node_state / "node-config.toml").write_text("partition = 3\n")
+    with pytest.raises(ConfigError, match="unknown node-config key 'partition'"):
+        parse_node_config({})

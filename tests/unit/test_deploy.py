@@ -161,14 +161,14 @@ def test_prepare_supernodes_builds_each_node_config(tmp_path):
         tmp_path,
         default_names(2),
         RunConfig(),
-        extra_node_config={"dp-state-dir": "/ledgers/{node}", "he-secret-context": "/k/he.ctx"},
+        extra_node_config={"state-dir": "/ledgers/{node}", "he-secret-context": "/k/he.ctx"},
     )
     assert [s.name for s in specs] == ["node-0", "node-1"]
     assert specs[1].node_config == {
         "partition-id": 1,
         "num-partitions": 2,
         "data-path": str(tmp_path / "nodes" / "node-1" / "data.npz"),
-        "dp-state-dir": "/ledgers/node-1",
+        "state-dir": "/ledgers/node-1",
         "he-secret-context": "/k/he.ctx",
     }
     assert specs[0].auth_public_key.is_file() and specs[0].auth_private_key.is_file()

@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from fl_app.config import RUN_CONFIG_KEYS, RunConfig
+from fl_app.config import NodeConfig, RunConfig
 from tests.conftest import APP_DIR
 
 README = APP_DIR / "README.md"
 DOCS = APP_DIR / "docs"
 CONFIGURATION = DOCS / "configuration.md"
 RUN_CONFIG_HEADER = ["key", "default", "allowed", "meaning"]
+NODE_CONFIG_HEADER = ["node key", "default", "allowed", "meaning"]
+SCHEMAS = [(RunConfig, RUN_CONFIG_HEADER), (NodeConfig, NODE_CONFIG_HEADER)]
 README_MAX_BYTES = 10_240
 
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -117,22 +119,24 @@ def test_links_to_headings_name_existing_headings(page):
     assert broken == [], f"{page.name} links to missing headings"
 
 
-def test_configuration_table_lists_every_run_config_key_once_with_its_default():
-    rows = table_rows(CONFIGURATION.read_text(encoding="utf-8"), RUN_CONFIG_HEADER)
+@pytest.mark.parametrize(("schema", "header"), SCHEMAS, ids=lambda x: getattr(x, "__name__", ""))
+def test_configuration_table_lists_every_key_once_with_its_default(schema, header):
+    rows = table_rows(CONFIGURATION.read_text(encoding="utf-8"), header)
     keys = [unquoted(row[0]) for row in rows]
-    assert sorted(keys) == sorted(RUN_CONFIG_KEYS), "rows differ from RUN_CONFIG_KEYS"
+    expected = {f.name.replace("_", "-"): f.default for f in fields(schema)}
+    assert sorted(keys) == sorted(expected), f"rows differ from the keys of {schema.__name__}"
     assert len(keys) == len(set(keys)), "a key has more than one row"
-    defaults = RunConfig().to_dict()
     for row in rows:
         key = unquoted(row[0])
-        assert len(row) == len(RUN_CONFIG_HEADER), f"row of '{key}' has {len(row)} cells"
-        assert unquoted(row[1]) == toml_value(defaults[key]), f"default of '{key}'"
+        assert len(row) == len(header), f"row of '{key}' has {len(row)} cells"
+        assert unquoted(row[1]) == toml_value(expected[key]), f"default of '{key}'"
 
 
-def test_configuration_table_states_the_allowed_values_of_the_code():
-    rows = table_rows(CONFIGURATION.read_text(encoding="utf-8"), RUN_CONFIG_HEADER)
+@pytest.mark.parametrize(("schema", "header"), SCHEMAS, ids=lambda x: getattr(x, "__name__", ""))
+def test_configuration_table_states_the_allowed_values_of_the_code(schema, header):
+    rows = table_rows(CONFIGURATION.read_text(encoding="utf-8"), header)
     allowed = {unquoted(row[0]): unquoted(row[2]) for row in rows}
-    for spec in fields(RunConfig):
+    for spec in fields(schema):
         key = spec.name.replace("_", "-")
         assert allowed[key] == spec.metadata["allowed"], f"allowed values of '{key}'"
 

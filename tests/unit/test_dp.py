@@ -10,16 +10,20 @@ from opacus.accountants import RDPAccountant
 from torch.utils.data import DataLoader, TensorDataset
 
 from fl_app.model import build_model
-from privacy.accounting import auto_delta, calibrate_noise, epsilon_of
-from privacy.client_level import (
-    add_gaussian_noise,
-    aggregate_noise_std,
-    client_level_epsilon,
-    clip_update,
-    l2_norm,
-)
+from privacy import auto_delta
+from privacy.accounting import calibrate_noise, epsilon_of
+from privacy.client_level import clip_delta, l2_norm, noisy_mean_delta, poisson_sample
 from privacy.dp import BudgetExceededError, PrivacyBudget, make_private, train_private
-from privacy.ledger import LedgerError, LedgerRecord, ledger_path, read_ledger, write_ledger
+from privacy.ledger import (
+    LedgerError,
+    LedgerRecord,
+    data_fingerprint,
+    ledger_path,
+    locked_ledger,
+    read_ledger,
+    write_ledger,
+)
+from privacy.secrets import SecretError, derive_generator, derive_seed, load_or_create_secret
 
 N, BATCH = 96, 32
 
@@ -130,45 +134,98 @@ def test_auto_delta_is_below_one_over_n():
     assert auto_delta(144) < 1 / 144
 
 
+FINGERPRINT = "0123456789abcdef0123456789abcdef"
+
+
 def test_ledger_never_loses_spending(tmp_path):
-    path = ledger_path(tmp_path, "abc123", "partition-0")
-    record = LedgerRecord("abc123", "partition-0", "rdp", 1e-5, 8.0)
-    record.history = [[1.0, 0.25, 4]]
-    record.sessions = [{"round": 1, "steps": 4}]
+    path = ledger_path(tmp_path, FINGERPRINT)
+    record = LedgerRecord(FINGERPRINT, [[1.0, 0.25, 4]], {}, [{"round": 1, "steps": 4}])
     write_ledger(path, record)
     assert read_ledger(path) == record
-    stale = LedgerRecord("abc123", "partition-0", "rdp", 1e-5, 8.0)
+    assert path.stat().st_mode & 0o777 == 0o600
     with pytest.raises(LedgerError, match="refusing to overwrite"):
-        write_ledger(path, stale)
+        write_ledger(path, LedgerRecord(FINGERPRINT))
     path.write_text("{broken")
     with pytest.raises(LedgerError, match="unreadable"):
         read_ledger(path)
     assert path.read_text() == "{broken"
-    with pytest.raises(ValueError, match="ledger id"):
-        ledger_path(tmp_path, "../escape", "partition-0")
-    assert sorted(p.name for p in path.parent.iterdir()) == ["partition-0.json"]
+    with pytest.raises(ValueError, match="not 32 hexadecimal digits"):
+        ledger_path(tmp_path, "../escape")
 
 
-def test_clip_update_bounds_the_delta_and_keeps_small_ones():
+def test_a_charge_stays_when_the_session_fails(tmp_path):
+    path = ledger_path(tmp_path, FINGERPRINT)
+    with pytest.raises(RuntimeError, match="crash"), locked_ledger(path) as record:
+        record.history.append([1.0, 0.1, 10])
+        raise RuntimeError("crash during training")
+    assert read_ledger(path).history == [[1.0, 0.1, 10]]
+
+
+def test_a_fingerprint_names_the_data_and_nothing_else():
+    x, y = np.arange(12.0).reshape(3, 4), np.array([0, 1, 2])
+    assert data_fingerprint([x, y]) == data_fingerprint([x.copy(), y.copy()])
+    assert data_fingerprint([x, y]) != data_fingerprint([x[:2], y[:2]])
+    assert data_fingerprint([x, y]) != data_fingerprint([x.astype(np.float32), y])
+    assert len(data_fingerprint([x, y])) == 32
+
+
+def test_secrets_are_private_and_seeds_depend_on_the_nonce(tmp_path):
+    path = tmp_path / "state" / "node-secret"
+    secret = load_or_create_secret(path)
+    assert len(secret) == 32 and load_or_create_secret(path) == secret
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert derive_seed(secret, b"a", "noise") != derive_seed(secret, b"b", "noise")
+    assert derive_seed(secret, b"a", "noise") != derive_seed(secret, b"a", "sampler")
+    assert derive_seed(secret, b"a", "noise") == derive_seed(secret, b"a", "noise")
+    assert (
+        derive_generator(secret, b"a", "x").random() == derive_generator(secret, b"a", "x").random()
+    )
+    path.chmod(0o644)
+    with pytest.raises(SecretError, match="only its owner may read it"):
+        load_or_create_secret(path)
+    short = tmp_path / "short"
+    short.write_bytes(b"x" * 5)
+    short.chmod(0o600)
+    with pytest.raises(SecretError, match="holds 5 bytes"):
+        load_or_create_secret(short)
+
+
+def test_calibration_continues_a_history_to_land_at_the_target():
+    history = ((1.0, 0.1, 30),)
+    spent = epsilon_of("rdp", history, 1e-5)
+    sigma = calibrate_noise(8.0, 1e-5, 0.1, 50, "rdp", history)
+    total = epsilon_of("rdp", [*history, (sigma, 0.1, 50)], 1e-5)
+    assert spent < total <= 8.0 and total == pytest.approx(8.0, rel=0.01)
+    assert calibrate_noise(8.0, 1e-5, 0.1, 50) < sigma  # less budget left: more noise
+    with pytest.raises(ValueError, match="already spent"):
+        calibrate_noise(spent / 2, 1e-5, 0.1, 50, "rdp", history)
+
+
+def test_clipping_bounds_each_delta_and_keeps_small_ones():
     reference = [np.zeros((3, 4), np.float32), np.ones(5, np.float32)]
     big = [np.full((3, 4), 2.0, np.float32), np.full(5, 3.0, np.float32)]
-    clipped, norm = clip_update(big, reference, 1.5)
+    clipped, norm = clip_delta(big, reference, 1.5)
     assert norm == pytest.approx(math.sqrt(12 * 4 + 5 * 4))
-    delta = [c - r for c, r in zip(clipped, reference, strict=True)]
-    assert l2_norm(delta) == pytest.approx(1.5, rel=1e-6)
-    assert all(c.dtype == np.float32 for c in clipped)
+    assert l2_norm(clipped) == pytest.approx(1.5, rel=1e-9)
     small = [r + 0.01 for r in reference]
-    same, _ = clip_update(small, reference, 1.5)
-    assert all(np.allclose(a, b) for a, b in zip(same, small, strict=True))
+    same, _ = clip_delta(small, reference, 1.5)
+    assert all(np.allclose(a, b - r) for a, b, r in zip(same, small, reference, strict=True))
 
 
-def test_aggregate_noise_and_client_level_epsilon():
-    assert aggregate_noise_std(1.2, 2.0, [1, 1, 1, 1]) == pytest.approx(1.2 * 2.0 / 4)
-    assert aggregate_noise_std(1.0, 1.0, [1, 3]) == pytest.approx(0.75)
-    arrays = [np.zeros((200, 50), np.float32), np.arange(3)]
-    noisy = add_gaussian_noise(arrays, 0.5, np.random.default_rng(0))
-    assert np.std(noisy[0]) == pytest.approx(0.5, rel=0.05)
-    assert np.array_equal(noisy[1], arrays[1])
-    epsilon = client_level_epsilon(1.1, [(0.5, 10)], 1e-5)
-    assert epsilon == pytest.approx(independent_epsilon(1.1, 0.5, 10, 1e-5))
-    assert client_level_epsilon(1.1, [(0.5, 20)], 1e-5) > epsilon
+def test_one_client_moves_the_fixed_denominator_estimate_by_at_most_c_over_m():
+    rng = np.random.default_rng(0)
+    like = [np.zeros((20, 5), np.float32)]
+    others = [clip_delta([rng.normal(size=(20, 5))], like, 1.0)[0] for _ in range(7)]
+    outlier = clip_delta([rng.normal(size=(20, 5)) * 1e6], like, 1.0)[0]
+    silent = np.random.default_rng(1)
+    without = noisy_mean_delta(others, like, 10.0, 0.0, silent)
+    with_outlier = noisy_mean_delta([*others, outlier], like, 10.0, 0.0, silent)
+    assert l2_norm([a - b for a, b in zip(with_outlier, without, strict=True)]) <= 1.0 / 10 + 1e-12
+    noisy = noisy_mean_delta([], [np.zeros((300, 100))], 4.0, 2.0, np.random.default_rng(2))
+    assert np.std(noisy[0]) == pytest.approx(2.0 / 4.0, rel=0.02)
+
+
+def test_poisson_sampling_draws_each_client_independently():
+    counts = [len(poisson_sample(1000, 0.3, np.random.default_rng(s))) for s in range(20)]
+    assert 270 < np.mean(counts) < 330 and len(set(counts)) > 5
+    assert poisson_sample(5, 1.0, np.random.default_rng(0)) == [0, 1, 2, 3, 4]

@@ -33,8 +33,9 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fl_app.config import RunConfig  # noqa: E402
+from fl_app.config import NODE_STATE_ENV, RunConfig  # noqa: E402
 from fl_app.data import embedded_client_data  # noqa: E402
+from fl_app.he.keys import default_public_context, default_secret_context  # noqa: E402
 from fl_app.model import MLP, build_model  # noqa: E402
 from fl_app.task import train  # noqa: E402
 from privacy import he  # noqa: E402
@@ -83,6 +84,8 @@ def update_costs(key: he.HEKey, arrays: list[np.ndarray], clients: int) -> dict:
 def app_rounds(clients: int, rounds: int, workdir: Path) -> dict:
     """Mean round seconds of the real app, plaintext vs HE (round 1 excluded: warm-up)."""
     os.environ["FLWR_HOME"] = str(workdir / "flwr-home")
+    os.environ[NODE_STATE_ENV] = str(workdir / "node-state")
+    he.write_key_pair(default_secret_context(), default_public_context())
     report = {}
     for name, overrides in (("plain", {}), ("he", {"he": True})):
         results = run_server_app_in_process(

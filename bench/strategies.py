@@ -9,6 +9,10 @@ final server test accuracy, the first round reaching 95 % test accuracy, and wal
 seconds. Runs the real ServerApp and ClientApp in-process (no transport); the
 attack is injected by a reply hook (``testing/faults.py``), not by any run-config key.
 
+Then the comparison of the FedAvg paper (McMahan et al., 2017): rounds to a target
+test accuracy for FedAvg (2 local epochs) and FedSGD (one full-batch gradient step per
+round), same data (IID), same model (the MLP, which FedSGD trains steadily).
+
     python bench/strategies.py            # full: 10 clients x 20 rounds (~10 min)
     python bench/strategies.py --tiny     # 4 clients x 2 rounds (used by the tests)
 
@@ -90,6 +94,37 @@ def run_case(
     }
 
 
+def rounds_to_accuracy(
+    strategy: str, clients: int, rounds: int, target: float, workdir: Path
+) -> int | None:
+    """Return the rounds a strategy needs to reach ``target`` test accuracy (the MLP, IID)."""
+    overrides = {
+        "strategy": strategy,
+        "model": "mlp",
+        "num-server-rounds": rounds,
+        "target-accuracy": target,
+    }
+    results = run_server_app_in_process(
+        workdir / f"{strategy}-to-{target}", overrides, num_nodes=clients
+    )
+    return rounds_to_target(results, target)
+
+
+def fedavg_vs_fedsgd(clients: int, rounds: int, target: float, workdir: Path) -> dict[str, Any]:
+    """Return both strategies' rounds to ``target`` and FedAvg's speed-up in rounds."""
+    needed = {
+        s: rounds_to_accuracy(s, clients, rounds, target, workdir) for s in ("fedavg", "fedsgd")
+    }
+    ratio = needed["fedsgd"] / needed["fedavg"] if needed["fedavg"] and needed["fedsgd"] else None
+    return {
+        "model": "mlp",
+        "target": target,
+        "max_rounds": rounds,
+        "rounds": needed,
+        "speedup": ratio,
+    }
+
+
 def _cell(case: dict[str, Any]) -> tuple[str, str, str]:
     reached = case["rounds_to_target"]
     stopped = "" if case["status"] == "completed" else " †"
@@ -118,13 +153,19 @@ def markdown(report: dict[str, Any]) -> str:
             row += [accuracy, reached, seconds]
         lines.append("| " + " | ".join(row) + " |")
     load = report["load_average_1min"]
+    paper = report["fedavg_vs_fedsgd"]
+    needed = {s: paper["rounds"][s] or f"> {paper['max_rounds']}" for s in paper["rounds"]}
+    speedup = f"{paper['speedup']:.1f}x" if paper["speedup"] else "—"
     return (
         f"Digits, {report['clients']} clients, {report['rounds']} rounds, default "
         f"hyper-parameters; 1-minute load average {load['start']:.1f} at the start, "
         f"{load['end']:.1f} at the end.\n\n"
         + "\n".join(lines)
         + "\n\n† stopped early: the model diverged, so the clients' next updates were not"
-        " finite and were rejected, leaving fewer than min-train-nodes valid updates.\n"
+        " finite and were rejected, leaving fewer than min-train-nodes valid updates.\n\n"
+        f"FedAvg against FedSGD (the FedAvg paper's comparison): rounds to "
+        f"{paper['target']:.0%} test accuracy with the MLP, IID: FedAvg {needed['fedavg']}, "
+        f"FedSGD {needed['fedsgd']} (FedAvg needs {speedup} fewer rounds).\n"
     )
 
 
@@ -144,10 +185,15 @@ def main() -> None:
                 case = run_case(strategy, scenario, clients, rounds, Path(tmp))
                 cases[f"{strategy}/{scenario}"] = case
                 print(json.dumps(case), flush=True)
+        paper = fedavg_vs_fedsgd(
+            clients, 5 if args.tiny else 100, 0.5 if args.tiny else 0.9, Path(tmp)
+        )
+        print(json.dumps(paper), flush=True)
     report = {
         "clients": clients,
         "rounds": rounds,
         "target_accuracy": TARGET,
+        "fedavg_vs_fedsgd": paper,
         "strategies": args.strategies,
         "scenarios": list(SCENARIOS),
         "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},

@@ -12,41 +12,46 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import tomllib
 from collections.abc import Sequence
-from logging import INFO
 from pathlib import Path
-from typing import Any
-
-from flwr.common.logger import log
 
 from deploy.federation import Federation
 from deploy.files import DeployError
 from deploy.nodes import SuperNodeSpec, default_names, prepare_supernodes
 from deploy.processes import ProcessError
 from deploy.tls import TlsFiles, ensure_tls
-from fl_app.config import ConfigError, parse_run_config
+from fl_app.config import parse_node_config, parse_run_config
+from fl_app.he.keys import KEY_DIR, PUBLIC_FILE, secret_context_path
 from tools.app_source import AppSource
-from tools.flwr_run import SimulationError
+from tools.flwr_run import SimulationError, parse_key_values
+from tools.run_app import outcome as run_outcome
 
 
-def _toml_value(text: str) -> Any:
-    """Read a value as TOML (``5``, ``0.1``, ``true``, ``'text'``); anything else is a string."""
-    try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text
+def check_he_keys(directory: Path, public_context: str, specs: list[SuperNodeSpec]) -> None:
+    """Refuse ``he = true`` before anything starts unless every key file is in place.
 
-
-def _key_values(pairs: Sequence[str], what: str) -> dict[str, Any]:
-    """Parse ``key=value`` pairs as ``flwr run --run-config`` does."""
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise DeployError(f"{what} {pair!r} is not key=value")
-        values[key.strip()] = _toml_value(value.strip())
-    return values
+    Raises
+    ------
+    DeployError
+        Naming each missing file and the commands that create and pass the keys.
+    """
+    public = (
+        Path(public_context) if public_context else directory / "flwr-home" / KEY_DIR / PUBLIC_FILE
+    )
+    missing = [f"the server's public context {public}"] if not public.is_file() else []
+    for spec in specs:
+        secret = secret_context_path(parse_node_config(spec.node_config))
+        if not secret.is_file():
+            missing.append(f"{spec.name}'s secret context {secret}")
+    if missing:
+        keys = directory / "keys"
+        raise DeployError(
+            f"he = true needs the HE keys before anything starts; missing: {'; '.join(missing)}. "
+            f"Create them with 'fl-he keygen --secret-context {keys}/secret.ctx "
+            f"--public-context {keys}/public.ctx', then pass --node-config "
+            f"he-secret-context={keys}/secret.ctx and --run-config "
+            f"\"he=true he-public-context='{keys}/public.ctx'\""
+        )
 
 
 def _data_paths(pairs: Sequence[str]) -> dict[str, Path]:
@@ -126,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     directory = args.directory.expanduser().resolve()
     try:
-        overrides = _key_values(shlex.split(args.run_config), "--run-config")
+        overrides = parse_key_values(shlex.split(args.run_config), "--run-config")
         config = parse_run_config(overrides)
         tls = ensure_tls(directory, args.host)
         specs = prepare_supernodes(
@@ -134,19 +139,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             default_names(args.nodes),
             config,
             _data_paths(args.data),
-            _key_values(args.node_config, "--node-config"),
+            parse_key_values(args.node_config, "--node-config"),
         )
         _print_layout(directory, tls, specs)
         if args.command == "prepare":
             return 0
+        if config.he:
+            check_he_keys(directory, config.he_public_context, specs)
         with Federation(directory, tls, host=args.bind, port=args.port) as federation:
             federation.start(specs)
-            outcome = federation.run(AppSource.installed(), overrides, timeout=args.timeout)
+            outcome = federation.run(
+                AppSource.installed(), overrides, timeout=args.timeout, echo=sys.stdout
+            )
         final = outcome.results["final"]
-        log(INFO, "Run finished: %s", final)
         print(f"Results: {outcome.results_dir} (accuracy {final['accuracy']}, {final['status']})")
-        return 0
-    except (DeployError, ConfigError, ProcessError, SimulationError) as err:
+        return run_outcome(outcome.results_dir)
+    except (DeployError, ValueError, ProcessError, SimulationError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from logging import INFO
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import tomli_w
 from cryptography import x509
@@ -39,6 +39,7 @@ from deploy.node_keys import node_directory
 from deploy.nodes import SuperNodeSpec
 from deploy.processes import ManagedProcess, ProcessError
 from deploy.tls import TlsFiles, certificate_hosts
+from fl_app.server.results import unused_timestamped
 from tools.app_source import AppSource
 from tools.flwr_run import (
     RunOutcome,
@@ -272,15 +273,22 @@ class Federation:
         self.wait_online([s.name for s in specs])
 
     # ------------------------------------------------------------------- runs
-    def run(self, app: AppSource, run_config: dict[str, Any], timeout: float = 900.0) -> RunOutcome:
+    def run(
+        self,
+        app: AppSource,
+        run_config: dict[str, Any],
+        timeout: float = 900.0,
+        echo: IO[str] | None = None,
+    ) -> RunOutcome:
         """Submit ``flwr run <app> deployment --stream`` and return the finished run.
 
         ``output-dir`` defaults to ``outputs/<UTC time>`` under the deployment
-        directory; a relative one is taken relative to it.
+        directory; a relative one is taken relative to it. ``echo`` receives the run's
+        log as it comes.
         """
         config = dict(run_config)
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        output_dir = Path(config.get("output-dir") or f"outputs/{stamp}-{time.time_ns() % 10**6}")
+        outputs = self.directory / "outputs"
+        output_dir = Path(config.get("output-dir") or unused_timestamped(outputs))
         config["output-dir"] = str(
             output_dir if output_dir.is_absolute() else self.directory / output_dir
         )
@@ -292,7 +300,7 @@ class Federation:
             cwd=self.directory,
             work_dir=self.directory / "staged-app",
         )
-        return handle.wait(timeout)
+        return handle.wait(timeout, echo)
 
     # -------------------------------------------------------------------- stop
     def stop(self) -> None:

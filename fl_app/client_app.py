@@ -38,10 +38,11 @@ from fl_app.data import (
     split_train_val,
 )
 from fl_app.dp.local import public_count, train_with_local_dp
-from fl_app.he.client import he_mod
+from fl_app.he.client import he_mod, key_check
 from fl_app.model import build_model
 from fl_app.task import evaluate, full_batch_gradient, train
 from privacy import BudgetExceededError
+from privacy.he import HEError
 from strategies.protocol import (
     ARRAYS_KEY,
     CONFIG_KEY,
@@ -115,7 +116,7 @@ def client_setup(context: Context) -> ClientSetup:
 def _model_from(message: Message, config: RunConfig) -> torch.nn.Module:
     """Build the global model a message carries."""
     spec = DATASETS[config.dataset]
-    model = build_model(config.model, spec.input_shape, spec.num_classes, config.dp == "local")
+    model = build_model(config.model, spec.input_shape, spec.num_classes, config.prefers_mlp)
     model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict(), strict=True)
     return model
 
@@ -227,3 +228,13 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
         {"loss": loss, "accuracy": accuracy, NUM_EXAMPLES_KEY: len(setup.data.val)}
     )
     return Message(content=RecordDict({METRICS_KEY: metrics}), reply_to=msg)
+
+
+@app.query()
+def query_handler(msg: Message, context: Context) -> Message:
+    """Answer the server's checks before round 1 (the HE key's fingerprint)."""
+    try:
+        content = key_check(context) if run_config_of(context).he else RecordDict()
+    except HEError as err:
+        return Message(Error(code=0, reason=str(err)), reply_to=msg)
+    return Message(content=content, reply_to=msg)

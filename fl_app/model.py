@@ -56,21 +56,19 @@ class CNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def resolve_model_kind(kind: str, input_shape: tuple[int, ...], dp_sgd: bool = False) -> str:
+def resolve_model_kind(kind: str, input_shape: tuple[int, ...], prefer_mlp: bool = False) -> str:
     """Return the concrete model kind.
 
-    ``auto`` picks a CNN for images, else an MLP — and the MLP for DP-SGD training
-    (``dp_sgd``): DP-SGD's noise grows with the parameter count, and on digits the
-    MLP (4.8k parameters) reaches far higher accuracy at equal ε than the CNN (38k;
-    see ``bench/dp.py``).
+    ``auto`` picks a CNN for images, else an MLP — and the MLP when ``prefer_mlp``
+    (see :attr:`fl_app.config.RunConfig.prefers_mlp`).
     """
     if kind == "auto":
-        return "cnn" if len(input_shape) == 3 and not dp_sgd else "mlp"
+        return "cnn" if len(input_shape) == 3 and not prefer_mlp else "mlp"
     return kind
 
 
 def build_model(
-    kind: str, input_shape: tuple[int, ...], num_classes: int, dp_sgd: bool = False
+    kind: str, input_shape: tuple[int, ...], num_classes: int, prefer_mlp: bool = False
 ) -> nn.Module:
     """Build the model for a dataset shape.
 
@@ -82,10 +80,10 @@ def build_model(
         Shape of one sample, e.g. ``(1, 8, 8)`` or ``(30,)``.
     num_classes : int
         Number of output classes.
-    dp_sgd : bool
-        The model will be trained with DP-SGD (``auto`` then means an MLP).
+    prefer_mlp : bool
+        ``auto`` then means an MLP.
     """
-    concrete = resolve_model_kind(kind, input_shape, dp_sgd)
+    concrete = resolve_model_kind(kind, input_shape, prefer_mlp)
     if concrete == "cnn":
         if len(input_shape) != 3:
             raise ValueError(f"a CNN needs (channels, height, width) input, got {input_shape}")

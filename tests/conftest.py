@@ -9,11 +9,13 @@ SuperNodes) or benchmark subprocesses. Each test gets its marker from its folder
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from fl_app.config import NODE_STATE_ENV
+from privacy.he import write_key_pair
 
 APP_DIR = Path(__file__).resolve().parent.parent
 TIERS = ("unit", "app", "integration")
@@ -44,3 +46,19 @@ def node_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
     state = tmp_path_factory.mktemp("node-state")
     monkeypatch.setenv(NODE_STATE_ENV, str(state))
     return state
+
+
+@dataclass(frozen=True)
+class KeyFiles:
+    """An HE key pair where simulated nodes and the server look by default."""
+
+    secret: Path
+    public: Path
+
+
+@pytest.fixture
+def he_keys(flwr_home: Path, node_state: Path) -> KeyFiles:
+    """Create the HE key pair (``fl-he keygen``'s defaults): the secret with the nodes."""
+    keys = KeyFiles(node_state / "he" / "secret.ctx", flwr_home / "he" / "public.ctx")
+    write_key_pair(keys.secret, keys.public)
+    return keys

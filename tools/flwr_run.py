@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +34,28 @@ def free_port() -> int:
 def venv_bin() -> Path:
     """Return the directory holding this interpreter's console scripts (flwr, ...)."""
     return Path(sys.executable).parent
+
+
+def parse_key_values(pairs: Sequence[str], what: str) -> dict[str, Any]:
+    """Parse ``key=value`` pairs as ``flwr run --run-config`` does (values read as TOML).
+
+    ``5``, ``0.1``, ``true`` and ``'text'`` are TOML values; anything else is a string.
+
+    Raises
+    ------
+    ValueError
+        Naming ``what`` and the pair that is not ``key=value``.
+    """
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what} {pair!r} is not key=value")
+        try:
+            values[key.strip()] = tomllib.loads(f"value = {value.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = value.strip()
+    return values
 
 
 SUPEREXEC_POLL_SECONDS = 0.05
@@ -164,6 +188,15 @@ class RunHandle:
         self.log_file.flush()
         return Path(self.log_file.name).read_text(errors="replace")
 
+    def _echo(self, echo: IO[str] | None, shown: int) -> int:
+        """Copy what the log gained since ``shown`` characters to ``echo``; return the total."""
+        if echo is None:
+            return shown
+        text = self.output()
+        echo.write(text[shown:])
+        echo.flush()
+        return len(text)
+
     def progress(self) -> dict[str, Any] | None:
         """Return the run's ``results.json`` as written so far, or None before round 1."""
         try:
@@ -171,16 +204,29 @@ class RunHandle:
         except (OSError, ValueError):
             return None
 
-    def wait(self, timeout: float) -> RunOutcome:
+    def wait(self, timeout: float, echo: IO[str] | None = None) -> RunOutcome:
         """Wait for the run to end; return its outcome.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait at most.
+        echo : IO[str], optional
+            Where to copy the run's log as it comes (the round lines, say).
 
         Raises
         ------
         SimulationError
             If the run does not finish in time or writes no finished results.
         """
+        deadline = time.monotonic() + timeout
+        shown = 0
         try:
-            self.process.wait(timeout=timeout)
+            while self.process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+                shown = self._echo(echo, shown)
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            self._echo(echo, shown)
         except subprocess.TimeoutExpired as err:
             self.process.kill()
             self.process.wait()

@@ -1,9 +1,11 @@
 """``fl-he``: create the HE key files, and decrypt an encrypted final model.
 
-``fl-he keygen [--secret PATH] [--public PATH]`` writes a new key pair (mode 0600;
-existing files are never overwritten); the defaults are ``$FLWR_HOME/he/secret.ctx``
-and ``public.ctx``. ``fl-he decrypt-model RESULTS/model-encrypted.npz --secret-context
-PATH [--out model.pt]`` writes the final model as a plain torch ``state_dict``.
+``fl-he keygen [--secret-context PATH] [--public-context PATH]`` writes a new key pair
+(mode 0600; existing files are never overwritten). The defaults are where simulated
+nodes and the server look: ``$FL_NODE_STATE_DIR/he/secret.ctx`` (the data holders'
+directory) and ``$FLWR_HOME/he/public.ctx``. ``fl-he decrypt-model
+RESULTS/model-encrypted.npz [--secret-context PATH] [--out model.pt]`` writes the final
+model as a plain torch ``state_dict``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fl_app.he.keys import PUBLIC_FILE, SECRET_FILE, default_key_dir, load_context_file
+from fl_app.he.keys import default_public_context, default_secret_context, load_context_file
 from fl_app.server.results import MODEL_FILE
 from privacy.files import atomic_write_bytes
 from privacy.he import HEError, write_key_pair
@@ -52,11 +54,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fl-he", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("keygen", help="write a new secret and public HE context")
-    gen.add_argument("--secret", type=Path, default=None, help="default $FLWR_HOME/he/secret.ctx")
-    gen.add_argument("--public", type=Path, default=None, help="default $FLWR_HOME/he/public.ctx")
+    secret_help = "the clients' secret context (default $FL_NODE_STATE_DIR/he/secret.ctx)"
+    gen.add_argument("--secret-context", type=Path, default=None, help=secret_help)
+    gen.add_argument(
+        "--public-context",
+        type=Path,
+        default=None,
+        help="the server's public context (default $FLWR_HOME/he/public.ctx)",
+    )
     dec = commands.add_parser("decrypt-model", help="decrypt model-encrypted.npz to model.pt")
     dec.add_argument("encrypted", type=Path, help="a run's model-encrypted.npz")
-    dec.add_argument("--secret-context", type=Path, required=True, help="the clients' key file")
+    dec.add_argument("--secret-context", type=Path, default=None, help=secret_help)
     dec.add_argument("--out", type=Path, default=None, help="default: model.pt next to it")
     return parser
 
@@ -65,14 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = _parser().parse_args(argv)
     try:
+        secret = args.secret_context or default_secret_context()
         if args.command == "keygen":
-            secret = args.secret or default_key_dir() / SECRET_FILE
-            public = args.public or default_key_dir() / PUBLIC_FILE
+            public = args.public_context or default_public_context()
             key = keygen(secret, public)
             print(f"key {key}\nsecret context (clients only): {secret}\npublic context: {public}")
         else:
             out = args.out or args.encrypted.parent / MODEL_FILE
-            print(f"wrote {decrypt_model(args.encrypted, args.secret_context, out)}")
+            print(f"wrote {decrypt_model(args.encrypted, secret, out)}")
     except (HEError, FileExistsError, OSError) as err:
         print(f"fl-he: error: {err}", file=sys.stderr)
         return 1

@@ -14,20 +14,33 @@ messages through untouched.
 
 from __future__ import annotations
 
-from flwr.app import Context, Error, Message, MessageType
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from fl_app.config import node_config_of, run_config_of
 from fl_app.he.keys import client_secret_context
-from fl_app.he.records import decrypted_model, encrypted_update, is_encrypted
+from fl_app.he.records import KEY_RECORD, decrypted_model, encrypted_update, is_encrypted
 from privacy.he import HEError
 from strategies.linear import LinearRule
 from strategies.protocol import ARRAYS_KEY, CONFIG_KEY
 
 
+def key_check(context: Context) -> RecordDict:
+    """Return the fingerprint of this node's secret HE context (the server's pre-round check).
+
+    Raises
+    ------
+    HEError
+        If the node has no secret context, naming where it looked.
+    """
+    key = client_secret_context(node_config_of(context))
+    return RecordDict({KEY_RECORD: ConfigRecord({"fingerprint": key.fingerprint})})
+
+
 def he_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Decrypt the incoming global model; encrypt the outgoing train update."""
-    if not run_config_of(context).he:
+    carries_model = msg.metadata.message_type in (MessageType.TRAIN, MessageType.EVALUATE)
+    if not (carries_model and run_config_of(context).he):
         return call_next(msg, context)
     try:
         key = client_secret_context(node_config_of(context))

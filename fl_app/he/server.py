@@ -18,7 +18,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -33,17 +33,19 @@ from fl_app.he.records import (
     is_encrypted,
     total_weight_of,
 )
-from privacy.he import ArraySpec, EncryptedSum, HEError, HEKey, array_specs, num_values
+from fl_app.server.loop import exchange
+from privacy.he import ArraySpec, EncryptedSum, HEError, array_specs, num_values
 from privacy.he_model import EncryptedModel
 from strategies.base import (
     BaseStrategy,
+    NodeFailure,
     ReplyError,
     RoundOutcome,
     aggregate_metrics,
     enough_updates,
     report_failure,
 )
-from strategies.protocol import NUM_EXAMPLES_KEY
+from strategies.protocol import CONFIG_KEY, NUM_EXAMPLES_KEY
 from strategies.wrapper import StrategyWrapper
 
 ENCRYPTED_MODEL_FILE = "model-encrypted.npz"
@@ -57,9 +59,8 @@ class EncryptedAggregation(StrategyWrapper):
     strategy : BaseStrategy
         The linear strategy (sampling, messages, weights, metrics).
     public_context : Path
-        The server's public context file: loaded now if it exists (a secret context
-        is refused at start-up), else when first needed (in simulation the clients
-        create the key files in round 1).
+        The server's public context file, loaded now (a missing file or a secret
+        context is refused at start-up).
     template : dict[str, np.ndarray]
         The global model's arrays by name (shapes and dtypes of the packing).
 
@@ -67,6 +68,8 @@ class EncryptedAggregation(StrategyWrapper):
     ------
     ValueError
         If the strategy has no linear rule.
+    HEError
+        If the public context is missing or holds the secret key.
     """
 
     def __init__(
@@ -82,9 +85,8 @@ class EncryptedAggregation(StrategyWrapper):
         self.public_context = public_context
         self.names = list(template)
         self.specs: list[ArraySpec] = array_specs(list(template.values()))
-        self._key: HEKey | None = None
-        if public_context.exists():
-            self.key()
+        self.key = load_context_file(public_context, secret=False)
+        log(INFO, "HE: public context %s (key %s)", public_context, self.key.fingerprint)
 
     def settings(self) -> dict[str, object]:
         """Return the wrapped strategy's settings, and that aggregation is encrypted."""
@@ -95,23 +97,41 @@ class EncryptedAggregation(StrategyWrapper):
         self.strategy.summary()
         log(INFO, "\t└──> Homomorphic encryption: server public context %s", self.public_context)
 
-    def key(self) -> HEKey:
-        """Load the public context (once); a secret context is refused."""
-        if self._key is None:
-            self._key = load_context_file(self.public_context, secret=False)
-            log(
-                INFO,
-                "HE: loaded public context %s (key %s)",
-                self.public_context,
-                self._key.fingerprint,
-            )
-        return self._key
-
     def _with_key(self, arrays: ArrayRecord, config: ConfigRecord) -> ConfigRecord:
         record = ConfigRecord({**dict(config), **self.rule.to_config()})
         if is_encrypted(arrays):
-            record[FINGERPRINT_KEY] = self.key().fingerprint
+            record[FINGERPRINT_KEY] = self.key.fingerprint
         return record
+
+    def check_nodes(self, grid: Grid, timeout: float) -> list[NodeFailure]:
+        """Ask every connected node for its key before round 1; return those without it."""
+        nodes = self.strategy.connected_nodes(grid, self.strategy.min_train_nodes)
+        messages = [
+            Message(
+                RecordDict({CONFIG_KEY: ConfigRecord({FINGERPRINT_KEY: self.key.fingerprint})}),
+                dst_node_id=node,
+                message_type=MessageType.QUERY,
+            )
+            for node in nodes
+        ]
+        replies, silent = exchange(grid, messages, timeout)
+        failures = [NodeFailure(node, "key check", "no reply") for node in silent]
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                failures.append(NodeFailure(node, "key check", reply.error.reason))
+                continue
+            found = reply.content.config_records.get(KEY_RECORD, ConfigRecord()).get("fingerprint")
+            if found != self.key.fingerprint:
+                failures.append(
+                    NodeFailure(
+                        node,
+                        "key check",
+                        f"holds HE key {found!r}, the server's public context is key "
+                        f"{self.key.fingerprint!r}",
+                    )
+                )
+        return failures
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -132,7 +152,7 @@ class EncryptedAggregation(StrategyWrapper):
     def _add_reply(self, total: EncryptedSum, message: Message, metrics: dict[str, float]) -> float:
         """Add one reply's ciphertexts to ``total``; return its weight."""
         key = message.content.config_records.get(KEY_RECORD, ConfigRecord()).get("fingerprint")
-        expected = self.key().fingerprint
+        expected = self.key.fingerprint
         if key != expected:
             raise HEError(
                 f"update is under key {key!r}, the server's public context is key {expected!r}"
@@ -150,7 +170,7 @@ class EncryptedAggregation(StrategyWrapper):
 
     def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> RoundOutcome:
         """Add the valid encrypted updates; return the encrypted global model."""
-        total = EncryptedSum(self.key(), num_values(self.specs))
+        total = EncryptedSum(self.key, num_values(self.specs))
         outcome = RoundOutcome(None, None)
         weights: list[float] = []
         accepted: list[dict[str, float]] = []
@@ -191,7 +211,7 @@ class EncryptedAggregation(StrategyWrapper):
             specs=self.specs,
             ciphertexts=ciphertexts_of(arrays),
             total_weight=total_weight_of(arrays),
-            fingerprint=self.key().fingerprint,
+            fingerprint=self.key.fingerprint,
         )
         path = directory / ENCRYPTED_MODEL_FILE
         model.save(path)

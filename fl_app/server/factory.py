@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fl_app.config import RunConfig
+from fl_app.config import RunConfig, min_train_nodes
 from fl_app.dp.central import CentralDP, ClientLevelDP
 from fl_app.he.keys import public_context_path
 from fl_app.he.server import EncryptedAggregation
@@ -62,7 +62,7 @@ def common_arguments(config: RunConfig) -> dict[str, Any]:
     """Return the constructor arguments every strategy takes from the run config."""
     return {
         "fraction_train": config.fraction_train,
-        "min_train_nodes": config.min_train_nodes,
+        "min_train_nodes": min_train_nodes(config),
         "seed": config.seed,
         "wait_timeout": config.round_timeout,
         "max_update_norm": config.max_update_norm,

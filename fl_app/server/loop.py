@@ -23,7 +23,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-from fl_app.server.results import ResultsWriter, RoundRecord, RunStatus
+from fl_app.server.results import FinalEvaluationRecord, ResultsWriter, RoundRecord, RunStatus
 from privacy import BudgetExceededError, PrivacyError
 from strategies.base import NodeFailure, RoundStrategy
 from strategies.protocol import EVAL_PREFIX, NUM_EXAMPLES_KEY
@@ -138,6 +138,11 @@ class TrainingLoop:
             (checkpointing).
         """
         arrays = initial
+        unready = self.strategy.check_nodes(self.grid, self.settings.round_timeout)
+        if unready:
+            reasons = "; ".join(f"node {f.node_id}: {f.reason}" for f in unready)
+            log(ERROR, "Stopping before round %d: %s", start_round, reasons)
+            return arrays, RunStatus.FAILED
         if start_round == 1 and self.server_evaluate is not None:
             metrics = self.server_evaluate(arrays)
             self.results.set_evaluation(0, "server", metrics)
@@ -238,14 +243,14 @@ class TrainingLoop:
         self.results.add_round(record)
         log(
             INFO,
-            "Round %d: %d/%d replies, server accuracy %s, %.2f s, %.1f KB down / %.1f KB up",
+            "Round %d: %d/%d replies, server accuracy %s, %.2f s, %.3f MB down / %.3f MB up",
             server_round,
             received,
             sent,
             f"{record.server['accuracy']:.4f}" if record.server else "n/a",
             record.seconds,
-            record.bytes_down / 1024,
-            record.bytes_up / 1024,
+            record.bytes_down / 1e6,
+            record.bytes_up / 1e6,
         )
         return outcome.arrays
 
@@ -275,14 +280,15 @@ class TrainingLoop:
         metrics = dict(outcome.metrics) if outcome.metrics else {}
         if not metrics:
             log(WARNING, "Final federated evaluation got no valid replies")
-        self.results.add_final_evaluation(
-            last_round,
-            metrics,
-            bytes_down=wire_bytes(messages),
+        failures = _silent(silent, "evaluate", timeout) + outcome.failures
+        cost = FinalEvaluationRecord(
+            seconds=round(time.monotonic() - started, 4),
             bytes_up=wire_bytes(replies),
-            seconds=time.monotonic() - started,
-            failures=[f.to_dict() for f in _silent(silent, "evaluate", timeout) + outcome.failures],
+            bytes_down=wire_bytes(messages),
+            num_clients=len(messages),
+            failures=[f.to_dict() for f in failures],
         )
+        self.results.add_final_evaluation(last_round, metrics, cost)
         log(
             INFO,
             "Final federated evaluation on %d examples: %s",

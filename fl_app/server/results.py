@@ -90,6 +90,17 @@ class InitialRecord:
 
 
 @dataclass
+class FinalEvaluationRecord:
+    """The cost of the final federated evaluation (its metrics are the last round's)."""
+
+    seconds: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    num_clients: int = 0
+    failures: list[Metrics] = field(default_factory=list)
+
+
+@dataclass
 class FinalRecord:
     """How the run ended and what it reached."""
 
@@ -117,6 +128,7 @@ class RunRecord:
     status: str = RunStatus.RUNNING.value
     initial: InitialRecord = field(default_factory=InitialRecord)
     rounds: list[RoundRecord] = field(default_factory=list)
+    final_evaluation: FinalEvaluationRecord | None = None
     final: FinalRecord | None = None
     resumed_from: dict[str, Any] | None = None
 
@@ -130,6 +142,8 @@ class RunRecord:
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         values["initial"] = InitialRecord(**data.get("initial", {}))
         values["rounds"] = [RoundRecord(**r) for r in data.get("rounds", [])]
+        if data.get("final_evaluation"):
+            values["final_evaluation"] = FinalEvaluationRecord(**data["final_evaluation"])
         if data.get("final"):
             values["final"] = FinalRecord(**data["final"])
         return cls(**values)
@@ -181,17 +195,26 @@ def create_run_directory(output_dir: str, base: Path) -> Path:
                 "Choose a new output-dir or leave it empty for outputs/<UTC timestamp>."
             ) from None
         return target
-    stamp = datetime.now(UTC).strftime(TIMESTAMP_FORMAT)
     root = (base / "outputs").resolve()
     root.mkdir(parents=True, exist_ok=True)
-    for suffix in ("", *(f"-{i}" for i in range(1, 1000))):
-        target = root / f"{stamp}{suffix}"
+    for _ in range(1000):
+        target = unused_timestamped(root)
         try:
             target.mkdir()
         except FileExistsError:
             continue
         return target
     raise FileExistsError(f"could not create a new results directory under {root}")
+
+
+def unused_timestamped(root: Path) -> Path:
+    """Return ``root/<UTC timestamp>`` (with ``-1``, ``-2``, ... if taken): not yet there."""
+    stamp = datetime.now(UTC).strftime(TIMESTAMP_FORMAT)
+    candidate, suffix = root / stamp, 0
+    while candidate.exists():
+        suffix += 1
+        candidate = root / f"{stamp}-{suffix}"
+    return candidate
 
 
 CSV_COLUMNS = (
@@ -208,6 +231,20 @@ CSV_COLUMNS = (
     "server_loss",
     "server_accuracy",
 )
+
+
+def run_title(config: dict[str, Any]) -> str:
+    """Return a run's one-line description: strategy, data, privacy setting."""
+    privacy = []
+    if config.get("dp") == "local":
+        privacy.append(f"local DP (target epsilon {config.get('dp-target-epsilon')})")
+    elif config.get("dp") == "central":
+        privacy.append("client-level DP")
+    if config.get("he"):
+        privacy.append("homomorphic encryption")
+    return f"{config['strategy']} on {config['dataset']}, " + (
+        " + ".join(privacy) if privacy else "no privacy add-on"
+    )
 
 
 class ResultsWriter:
@@ -236,22 +273,15 @@ class ResultsWriter:
         self.save()
 
     def add_final_evaluation(
-        self,
-        server_round: int,
-        metrics: Metrics,
-        *,
-        bytes_down: int,
-        bytes_up: int,
-        seconds: float,
-        failures: list[Metrics],
+        self, server_round: int, metrics: Metrics, cost: FinalEvaluationRecord
     ) -> None:
-        """Record the final federated evaluation in the last round's record and save."""
-        entry = self.record.rounds[server_round - 1]
-        entry.evaluate = dict(metrics)
-        entry.bytes_down += bytes_down
-        entry.bytes_up += bytes_up
-        entry.seconds = round(entry.seconds + seconds, 4)
-        entry.failures += failures
+        """Record the final federated evaluation of round ``server_round``'s model and save.
+
+        Its metrics are that round's ``evaluate``; its cost is kept apart, so that a
+        round's bytes and seconds are those of training only.
+        """
+        self.record.rounds[server_round - 1].evaluate = dict(metrics)
+        self.record.final_evaluation = cost
         self.save()
 
     def finish(self, final: FinalRecord) -> None:
@@ -305,6 +335,7 @@ class ResultsWriter:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
         for source, label in (("server", "server test set"), ("evaluate", "federated validation")):
@@ -314,12 +345,12 @@ class ResultsWriter:
                 ax_acc.plot(rounds, [m["accuracy"] for _, m in points], marker="o", label=label)
                 ax_loss.plot(rounds, [m["loss"] for _, m in points], marker="o", label=label)
         for axis, title in ((ax_acc, "accuracy"), (ax_loss, "loss")):
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
             axis.set_xlabel("round")
             axis.set_title(title)
             axis.grid(alpha=0.3)
             axis.legend()
-        config = self.record.config
-        fig.suptitle(f"{config['strategy']} on {config['dataset']}")
+        fig.suptitle(run_title(self.record.config))
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100)

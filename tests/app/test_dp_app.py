@@ -45,7 +45,7 @@ def test_cumulative_epsilon_after_k_rounds_matches_opacus(tmp_path):
     assert results["final"]["delta"] == 1e-5 and results["final"]["dp"] == "local"
     assert results["model"]["kind"] == "mlp"  # auto: the MLP for DP-SGD
     state = torch.load(tmp_path / "out" / "model.pt")
-    build_model("auto", (1, 8, 8), 10, dp_sgd=True).load_state_dict(state, strict=True)
+    build_model("auto", (1, 8, 8), 10, prefer_mlp=True).load_state_dict(state, strict=True)
 
 
 def steps_per_epoch(num_nodes, partition_id=0, batch_size=32):

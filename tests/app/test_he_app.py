@@ -28,8 +28,10 @@ from strategies import STRATEGIES
 from strategies.base import BaseStrategy
 from strategies.fedavg import FedAvg
 from strategies.linear import LinearRule
-from testing.inprocess_grid import run_server_app_in_process, set_task_identity
+from testing.inprocess_grid import RunNotStartedError, run_server_app_in_process, set_task_identity
 from tools.he_cli import main as fl_he
+
+pytestmark = pytest.mark.usefixtures("he_keys")
 
 MODEL_VALUES = sum(v.numel() for v in build_model("auto", (1, 8, 8), 10).state_dict().values())
 
@@ -64,7 +66,7 @@ def test_non_linear_strategy_is_rejected_at_start_up(monkeypatch, tmp_path):
 
 
 def test_he_run_matches_plaintext_and_server_holds_only_public_context(
-    tmp_path, flwr_home, monkeypatch
+    tmp_path, flwr_home, monkeypatch, he_keys
 ):
     loaded = []
 
@@ -89,12 +91,12 @@ def test_he_run_matches_plaintext_and_server_holds_only_public_context(
     plain_up = plain["rounds"][0]["bytes_up"]
     assert 5 * plain_up < encrypted["rounds"][0]["bytes_up"] < 8 * plain_up
     assert not (tmp_path / "he" / "model.pt").exists()
-    for path in (flwr_home / "he" / "secret.ctx", flwr_home / "he" / "public.ctx"):
+    for path in (he_keys.secret, he_keys.public):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
     encrypted_model = tmp_path / "he" / he_server.ENCRYPTED_MODEL_FILE
     out = tmp_path / "decrypted.pt"
-    secret = flwr_home / "he" / "secret.ctx"
+    secret = he_keys.secret
     assert (
         fl_he(
             [
@@ -125,7 +127,7 @@ def test_he_run_matches_plaintext_and_server_holds_only_public_context(
         )
         == 1
     )
-    public = flwr_home / "he" / "public.ctx"
+    public = he_keys.public
     with pytest.raises(he.HEError, match="is a public context"):
         EncryptedModel.from_bytes(encrypted_model.read_bytes()).decrypt(
             load_context_file(public, secret=True)
@@ -136,7 +138,7 @@ def _corrupt_round_2(kind):
     other = he.generate_key()
 
     def hook(partition, message: Message, reply: Message):
-        round_2 = message.content["config"]["server-round"] == 2
+        round_2 = message.content["config"].get("server-round") == 2
         if partition != 1 or not round_2 or UPDATE_KEY not in reply.content.array_records:
             return reply
         record = reply.content[UPDATE_KEY]
@@ -175,7 +177,7 @@ def test_bad_encrypted_update_is_left_out_naming_the_client(tmp_path, flwr_home,
     assert results["rounds"][0]["failures"] == []
 
 
-def test_client_mod_finishing_equals_the_rule_applied_to_the_mean(flwr_home):
+def test_client_mod_finishing_equals_the_rule_applied_to_the_mean(flwr_home, he_keys):
     set_task_identity()
     rule = LinearRule(gradient_step=0.5)
     current = [np.full((4, 3), 2.0, dtype=np.float32), np.arange(5, dtype=np.float32)]
@@ -207,12 +209,12 @@ def test_client_mod_finishing_equals_the_rule_applied_to_the_mean(flwr_home):
             return Message(content, reply_to=msg)
 
         replies.append(he_mod(message, context, client).content)
-    public = load_context_file(flwr_home / "he" / "public.ctx", secret=False)
+    public = load_context_file(he_keys.public, secret=False)
     total = he.EncryptedSum(public, 17)
     for reply in replies:
         assert reply.metric_records["metrics"]["he-weight"] in (30.0, 10.0)
         total.add(ciphertexts_of(reply.array_records[UPDATE_KEY]))
-    secret = load_context_file(flwr_home / "he" / "secret.ctx", secret=True)
+    secret = load_context_file(he_keys.secret, secret=True)
     decrypted = he.decrypt_arrays(
         secret, total.ciphertexts(), he.array_specs(current), float(sum(examples))
     )
@@ -221,7 +223,7 @@ def test_client_mod_finishing_equals_the_rule_applied_to_the_mean(flwr_home):
         assert np.max(np.abs(got - expected)) < 1e-5
 
 
-def test_he_run_resumes_to_identical_encrypted_weights(tmp_path, flwr_home):
+def test_he_run_resumes_to_identical_encrypted_weights(tmp_path, flwr_home, he_keys):
     full = run_server_app_in_process(tmp_path / "full", {"num-server-rounds": 2, "he": True})
     run_server_app_in_process(tmp_path / "part", {"num-server-rounds": 1, "he": True})
     resumed = run_server_app_in_process(
@@ -230,7 +232,7 @@ def test_he_run_resumes_to_identical_encrypted_weights(tmp_path, flwr_home):
     )
     assert resumed["resumed_from"]["round"] == 1
     assert resumed["final"]["accuracy"] == full["final"]["accuracy"]
-    key = load_context_file(flwr_home / "he" / "secret.ctx", secret=True)
+    key = load_context_file(he_keys.secret, secret=True)
     a, b = (
         EncryptedModel.from_bytes(
             (tmp_path / d / he_server.ENCRYPTED_MODEL_FILE).read_bytes()
@@ -247,7 +249,7 @@ def test_server_refuses_a_secret_context_at_start_up(tmp_path):
     strategy = FedAvg()
     with pytest.raises(he.HEError, match="must only get the public context"):
         he_server.EncryptedAggregation(strategy, secret, template)
-    assert not he_server.EncryptedAggregation(strategy, public, template).key().is_private()
+    assert not he_server.EncryptedAggregation(strategy, public, template).key.is_private()
 
 
 def test_too_few_valid_encrypted_updates_stop_the_run_cleanly(tmp_path, flwr_home):
@@ -278,13 +280,15 @@ def test_every_non_linear_strategy_is_refused_with_he():
 
 
 @pytest.mark.parametrize("strategy", LINEAR)
-def test_every_linear_strategy_gives_the_plaintext_model_under_he(tmp_path, flwr_home, strategy):
+def test_every_linear_strategy_gives_the_plaintext_model_under_he(
+    tmp_path, flwr_home, strategy, he_keys
+):
     overrides = {"num-server-rounds": 1, "seed": 5, "strategy": strategy, "local-epochs": 1}
     plain = run_server_app_in_process(tmp_path / "plain", overrides)
     encrypted = run_server_app_in_process(tmp_path / "he", {**overrides, "he": True})
     assert plain["status"] == encrypted["status"] == "completed"
     out = tmp_path / "decrypted.pt"
-    secret = flwr_home / "he" / "secret.ctx"
+    secret = he_keys.secret
     model = tmp_path / "he" / he_server.ENCRYPTED_MODEL_FILE
     assert (
         fl_he(["decrypt-model", str(model), "--secret-context", str(secret), "--out", str(out)])
@@ -295,3 +299,30 @@ def test_every_linear_strategy_gives_the_plaintext_model_under_he(tmp_path, flwr
     snapping_bound = 2.0**-17 * len(weights) / sum(weights)
     error = max(float((state[k] - reference[k]).abs().max()) for k in reference)
     assert error <= snapping_bound + 1e-6
+
+
+def test_a_run_without_the_public_context_is_refused_before_anything(tmp_path, caplog):
+    (tmp_path / "keys").mkdir()
+    with pytest.raises(RunNotStartedError):
+        run_server_app_in_process(
+            tmp_path / "run",
+            {"he": True, "he-public-context": str(tmp_path / "keys" / "missing.ctx")},
+        )
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "Run not started" in line and "there is no public HE context at" in line
+    assert "fl-he keygen" in line and not (tmp_path / "run").exists()
+
+
+def test_nodes_without_the_secret_context_stop_the_run_before_round_1(
+    tmp_path, he_keys, node_state, caplog
+):
+    results = run_server_app_in_process(
+        tmp_path / "run",
+        {"he": True},
+        node_configs=[{}, {"he-secret-context": str(tmp_path / "nowhere.ctx")}, {}],
+    )
+    assert results["status"] == "failed" and results["rounds"] == []
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line.startswith("Stopping before round 1: node 1017: there is no secret HE context")
+    assert "nowhere.ctx" in line
+    assert not list(node_state.glob("**/*.ctx"))[1:]  # no node created a key of its own

@@ -70,7 +70,7 @@ def dp_sgd_replica(config: RunConfig, state: dict, partition_id: int, seeds: tup
         config.dataset, config.test_fraction, config.val_fraction, config.partitioner,
         2, partition_id, config.seed, config.dirichlet_alpha, config.labels_per_client,
     )  # fmt: skip
-    model = build_model(config.model, (1, 8, 8), 10, dp_sgd=True)
+    model = build_model(config.model, (1, 8, 8), 10, prefer_mlp=True)
     model.load_state_dict(state, strict=True)
     x, y = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
     sampler = torch.Generator().manual_seed(seeds[0])

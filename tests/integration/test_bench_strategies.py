@@ -37,6 +37,9 @@ def test_strategies_benchmark_tiny_mode_writes_json_and_markdown(tmp_path):
     assert report["cases"]["krum/iid"]["settings"]["num-malicious"] == 1
     table = out.with_suffix(".md").read_text()
     assert "| `krum` |" in table and "load average" in table
+    paper = report["fedavg_vs_fedsgd"]
+    assert paper["model"] == "mlp" and set(paper["rounds"]) == {"fedavg", "fedsgd"}
+    assert "FedAvg against FedSGD" in table
 
 
 def test_reliability_benchmark_tiny_mode_writes_its_report(tmp_path):

@@ -1,22 +1,38 @@
 """End-to-end: real ``flwr run`` on a private local SuperLink (temporary FLWR_HOME)."""
 
-import pytest
+import json
+import re
+
 import torch
 
-from fl_app.config import RunConfig
 from fl_app.model import build_model
 from tests.integration.conftest import APP
-from tools.flwr_run import SimulationError
+from tools import run_app
+from tools.app_source import stage_app
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def test_flwr_run_trains_and_writes_results(superlink, tmp_path):
+def test_flwr_run_trains_writes_results_and_logs_each_event_once(
+    superlink, tmp_path, capfd, monkeypatch
+):
+    for key, value in superlink.env().items():
+        monkeypatch.setenv(key, value)
     out = tmp_path / "run"
-    outcome = superlink.run(
-        APP,
-        {"output-dir": str(out), "num-server-rounds": 3, "seed": 3},
-        num_supernodes=4,
-    )
-    results = outcome.results
+    args = [
+        str(stage_app(APP, tmp_path)),
+        "local",
+        "--federation-config",
+        "num-supernodes=4",
+        "--run-config",
+        f"output-dir='{out}' num-server-rounds=3 seed=3",
+    ]
+    assert run_app.main(args) == 0
+    log = ANSI.sub("", capfd.readouterr().out)
+    for event in ("[ROUND 1/3]", "Results directory:", "Round 3: 4/4 replies"):
+        assert sum(event in line for line in log.splitlines()) == 1, event
+    assert "DEBUG" not in log
+    results = json.loads((out / "results.json").read_text())
     assert results["status"] == "completed"
     assert results["config"]["num-server-rounds"] == 3
     assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
@@ -32,17 +48,3 @@ def test_flwr_run_trains_and_writes_results(superlink, tmp_path):
     build_model("auto", (1, 8, 8), 10).load_state_dict(state, strict=True)
     assert (out / "metrics.csv").read_text().count("\n") == 4
     assert (out / "accuracy_loss.png").stat().st_size > 1000
-
-
-def test_bad_run_config_fails_before_training_with_a_clear_message(superlink, tmp_path):
-    out = tmp_path / "bad"
-    with pytest.raises(SimulationError) as err:
-        superlink.run(
-            APP,
-            {"output-dir": str(out), "dirichlet-alpha": -1.0},
-            num_supernodes=2,
-            timeout=180,
-        )
-    assert "dirichlet-alpha' = -1.0 is invalid: must be a number > 0" in str(err.value)
-    assert not out.exists()
-    assert RunConfig().dirichlet_alpha > 0

@@ -253,3 +253,13 @@ def test_cli_run_stops_before_starting_anything_when_the_bind_host_is_not_certif
     assert code == 1
     assert "is not valid for '10.0.0.7'" in capsys.readouterr().err
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_deployed_run_with_he_and_no_keys_is_refused_before_anything_starts(tmp_path, capsys):
+    code = main(["run", str(tmp_path / "d"), "--nodes", "2", "--run-config", "he=true"])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "he = true needs the HE keys before anything starts" in error
+    assert "node-0's secret context" in error and "node-1's secret context" in error
+    assert "fl-he keygen --secret-context" in error
+    assert not (tmp_path / "d" / "logs").exists()  # no SuperLink, no SuperNode was started

@@ -1,8 +1,6 @@
 """privacy.he with real TenSEAL: exact sums, keys, bad ciphertexts; fl-he keygen."""
 
-import os
 import stat
-from multiprocessing import get_context
 
 import numpy as np
 import pytest
@@ -109,24 +107,15 @@ def test_overflowing_update_is_refused(context):
 
 def test_keygen_refuses_to_overwrite_and_files_are_0600(tmp_path, capsys):
     secret, public = tmp_path / "k" / "secret.ctx", tmp_path / "k" / "public.ctx"
-    assert fl_he(["keygen", "--secret", str(secret), "--public", str(public)]) == 0
+    assert fl_he(["keygen", "--secret-context", str(secret), "--public-context", str(public)]) == 0
     for path in (secret, public):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     content = secret.read_bytes()
-    assert fl_he(["keygen", "--secret", str(secret), "--public", str(tmp_path / "p2")]) == 1
+    assert (
+        fl_he(["keygen", "--secret-context", str(secret), "--public-context", str(tmp_path / "p2")])
+        == 1
+    )
     assert "never overwritten" in capsys.readouterr().err
     assert secret.read_bytes() == content
     assert load_context_file(secret, secret=True).is_private()
     assert not load_context_file(public, secret=False).is_private()
-
-
-def _ensure(directory):
-    he.ensure_key_pair(directory / "secret.ctx", directory / "public.ctx")
-    return (directory / "secret.ctx").read_bytes()
-
-
-def test_concurrent_default_keygen_creates_one_key_pair(tmp_path):
-    with get_context("fork").Pool(3) as pool:
-        secrets = pool.map(_ensure, [tmp_path] * 3)
-    assert len(set(secrets)) == 1
-    assert sorted(os.listdir(tmp_path)) == ["public.ctx", "secret.ctx"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fl_app.config import ConfigError, parse_run_config
+from fl_app.config import ConfigError, min_train_nodes, parse_run_config
 
 
 @pytest.mark.parametrize(
@@ -43,8 +43,9 @@ def test_krum_needs_num_malicious_plus_3_updates(strategy):
         parse_run_config({"strategy": strategy, "num-malicious": 2, "min-train-nodes": 4})
     config = parse_run_config({"strategy": strategy, "num-malicious": 2, "min-train-nodes": 5})
     assert config.num_malicious == 2
-    # the rule is Krum's only
-    assert parse_run_config({"strategy": "fedavg", "num-malicious": 2}).min_train_nodes == 2
+    # without min-train-nodes, Krum's own minimum; the rule is Krum's only
+    assert min_train_nodes(parse_run_config({"strategy": strategy, "num-malicious": 2})) == 5
+    assert min_train_nodes(parse_run_config({"strategy": "fedavg", "num-malicious": 2})) == 2
 
 
 def test_multikrum_cannot_select_more_than_a_round_may_have():

@@ -6,6 +6,12 @@ authentication, each SuperNode reading its demo partition from its own file
 SuperLink with two simulated SuperNodes. Both train on the same data with the
 same seeds, so their final accuracies must be equal.
 
+Flower's own floor is measured on the same processes, in the same run of this
+benchmark: the trivial app of ``bench/floor_app`` (a ClientApp that replies at once,
+polled every 50 ms like ours) with nothing heavy imported, and importing torch. Our
+round is then compared with ``floor with torch + training``, the training time
+being the simulation's steady round time (the same clients, data and seeds).
+
 Also measured: the start-up of one ClientApp process (Python, Flower, torch and
 the app imported), which a deployed SuperNode pays for every message, since
 Flower 1.41 runs each message in a new ``flwr-clientapp`` process.
@@ -59,22 +65,54 @@ def round_stats(outcome: RunOutcome, wall_seconds: float) -> dict[str, Any]:
     }
 
 
+FLOOR_APP = ROOT / "bench" / "floor_app"
+
+
+def floor_stats(outcome: RunOutcome) -> dict[str, Any]:
+    """Summarise a run of the trivial app: seconds per round, the first excluded."""
+    rounds = [r["seconds"] for r in outcome.results["rounds"]]
+    return {"round_seconds": rounds, "steady_seconds_per_round": statistics.mean(rounds[1:])}
+
+
 def deployed(config: RunConfig, workdir: Path) -> dict[str, Any]:
-    """Run ``config`` on a SuperLink and two SuperNodes (TLS, node authentication)."""
+    """Run Flower's floor and ``config`` on one SuperLink and two SuperNodes (TLS, node auth).
+
+    Returns
+    -------
+    dict[str, Any]
+        Our run's statistics, plus ``floor`` (the trivial app) and ``floor_torch``
+        (the trivial app importing torch), each over ``max(rounds, 1) + 1`` rounds (the
+        first is left out of the steady time).
+    """
     directory = workdir / "deployment"
     tls = ensure_tls(directory)
     specs = prepare_supernodes(directory, default_names(NUM_NODES), config)
+    floor_rounds = max(config.num_server_rounds, 1) + 1
     started = time.perf_counter()
     with Federation(directory, tls) as federation:
         federation.start(specs)
         startup = time.perf_counter() - started
+        floors = {
+            name: floor_stats(
+                federation.run(
+                    AppSource.from_directory(FLOOR_APP),
+                    {
+                        "num-server-rounds": floor_rounds,
+                        "num-nodes": NUM_NODES,
+                        "import-torch": torch,
+                        "output-dir": str(workdir / f"{name}-results"),
+                    },
+                )
+            )
+            for name, torch in (("floor", False), ("floor_torch", True))
+        }
         run_started = time.perf_counter()
         outcome = federation.run(
             AppSource.from_directory(ROOT),
             {**config.to_dict(), "output-dir": str(workdir / "deployed-results")},
         )
         wall = time.perf_counter() - run_started
-    return {"startup_seconds": startup, **round_stats(outcome, wall)}
+    return {"startup_seconds": startup, **round_stats(outcome, wall), **floors}
 
 
 def simulated(config: RunConfig, workdir: Path) -> dict[str, Any]:
@@ -117,12 +155,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
         deployment = deployed(config, Path(tmp))
         simulation = simulated(config, Path(tmp))
+    training = simulation["steady_seconds_per_round"]
+    goal = deployment["floor_torch"]["steady_seconds_per_round"] + training + 0.5
     report = {
         "nodes": NUM_NODES,
         "rounds": rounds,
         "deployment": deployment,
         "simulation": simulation,
         "clientapp_process_startup_seconds": startup,
+        "flower_floor_seconds": deployment["floor"]["steady_seconds_per_round"],
+        "flower_floor_with_torch_seconds": deployment["floor_torch"]["steady_seconds_per_round"],
+        "goal_seconds_per_round": goal,
+        "goal_met": deployment["steady_seconds_per_round"] <= goal,
         "ratio_steady_per_round": deployment["steady_seconds_per_round"]
         / simulation["steady_seconds_per_round"],
         "same_accuracy": abs(deployment["final_accuracy"] - simulation["final_accuracy"]) < 1e-6,
@@ -145,6 +189,12 @@ def main() -> None:
         )
     console = Console()
     console.print(table)
+    console.print(
+        f"Flower's floor per round (trivial ClientApp): {report['flower_floor_seconds']:.2f} s; "
+        f"importing torch: {report['flower_floor_with_torch_seconds']:.2f} s; goal for ours "
+        f"(floor with torch + training {training:.2f} s + 0.5 s): {goal:.2f} s; ours "
+        f"{deployment['steady_seconds_per_round']:.2f} s (met: {report['goal_met']})."
+    )
     console.print(
         f"Deployed rounds: {', '.join(f'{s:.2f}' for s in deployment['round_seconds'])} s. "
         f"One ClientApp process start-up: {startup:.2f} s (paid per message). "

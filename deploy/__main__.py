@@ -17,11 +17,13 @@ from pathlib import Path
 
 from deploy.federation import Federation
 from deploy.files import DeployError
+from deploy.node_data import check_node_data
 from deploy.nodes import SuperNodeSpec, default_names, prepare_supernodes
 from deploy.processes import ProcessError
 from deploy.tls import TlsFiles, ensure_tls
 from fl_app.config import parse_node_config, parse_run_config
 from fl_app.he.keys import KEY_DIR, PUBLIC_FILE, secret_context_path
+from privacy.he import MIN_CLIENTS
 from tools.app_source import AppSource
 from tools.flwr_run import SimulationError, parse_key_values
 from tools.run_app import outcome as run_outcome
@@ -30,10 +32,14 @@ from tools.run_app import outcome as run_outcome
 def check_he_keys(directory: Path, public_context: str, specs: list[SuperNodeSpec]) -> None:
     """Refuse ``he = true`` before anything starts unless every key file is in place.
 
+    Also refuses fewer than :data:`~privacy.he.MIN_CLIENTS` SuperNodes: every client
+    decrypts the sum, so with two each would read the other's update.
+
     Raises
     ------
     DeployError
-        Naming each missing file and the commands that create and pass the keys.
+        Naming each missing file and the commands that create and pass the keys (the
+        secret context in a folder of its own, which the SuperLink is never pointed at).
     """
     public = (
         Path(public_context) if public_context else directory / "flwr-home" / KEY_DIR / PUBLIC_FILE
@@ -44,13 +50,18 @@ def check_he_keys(directory: Path, public_context: str, specs: list[SuperNodeSpe
         if not secret.is_file():
             missing.append(f"{spec.name}'s secret context {secret}")
     if missing:
-        keys = directory / "keys"
+        clients, server = directory / "keys" / "clients", directory / "keys" / "server"
         raise DeployError(
             f"he = true needs the HE keys before anything starts; missing: {'; '.join(missing)}. "
-            f"Create them with 'fl-he keygen --secret-context {keys}/secret.ctx "
-            f"--public-context {keys}/public.ctx', then pass --node-config "
-            f"he-secret-context={keys}/secret.ctx and --run-config "
-            f"\"he=true he-public-context='{keys}/public.ctx'\""
+            f"Create them with 'fl-he keygen --secret-context {clients}/secret.ctx "
+            f"--public-context {server}/public.ctx' (copy the secret context to the SuperNodes "
+            f"only), then pass --node-config he-secret-context={clients}/secret.ctx and "
+            f"--run-config \"he=true he-public-context='{server}/public.ctx'\""
+        )
+    if len(specs) < MIN_CLIENTS:
+        raise DeployError(
+            f"he = true needs at least {MIN_CLIENTS} SuperNodes, got --nodes {len(specs)}: "
+            "every client decrypts the sum, so with 2 each would read the other's update"
         )
 
 
@@ -133,13 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides = parse_key_values(shlex.split(args.run_config), "--run-config")
         config = parse_run_config(overrides)
+        data_paths = _data_paths(args.data)
+        node_config = parse_key_values(args.node_config, "--node-config")
+        check_node_data(config, data_paths, str(node_config.get("label-column", "label")))
         tls = ensure_tls(directory, args.host)
         specs = prepare_supernodes(
-            directory,
-            default_names(args.nodes),
-            config,
-            _data_paths(args.data),
-            parse_key_values(args.node_config, "--node-config"),
+            directory, default_names(args.nodes), config, data_paths, node_config
         )
         _print_layout(directory, tls, specs)
         if args.command == "prepare":

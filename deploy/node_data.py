@@ -19,13 +19,38 @@ import numpy as np
 from deploy.files import DeployError, write_new_file
 from deploy.node_keys import node_directory
 from fl_app.config import RunConfig
-from fl_app.data import Split, partition_indices, server_split
+from fl_app.data import (
+    FILES,
+    SYNTHETIC,
+    DataError,
+    Split,
+    load_data_file,
+    partition_indices,
+    server_split,
+)
 
 DATA_FILE = "data.npz"
 
 
 def demo_partition(config: RunConfig, num_partitions: int, partition_id: int) -> Split:
-    """Return partition ``partition_id`` of the embedded dataset, as the simulation cuts it."""
+    """Return partition ``partition_id`` of the embedded dataset, as the simulation cuts it.
+
+    For ``dataset = "synthetic"`` it is device ``partition_id``.
+
+    Raises
+    ------
+    DeployError
+        For ``dataset = "files"``: there is no demo data, every node needs its file.
+    """
+    if config.dataset == FILES:
+        raise DeployError(
+            "dataset 'files' has no demo data: give every node its file with --data NODE=PATH"
+        )
+    if config.dataset == SYNTHETIC:
+        from fl_app.synthetic import device_data
+
+        x, y = device_data(config.seed, partition_id, config.synthetic_alpha, config.synthetic_beta)
+        return Split(x, y)
     pool, _ = server_split(config.dataset, config.test_fraction, config.seed)
     indices = partition_indices(
         tuple(pool.y.tolist()),
@@ -91,3 +116,37 @@ def write_demo_partitions(directory: Path, names: list[str], config: RunConfig) 
             write_new_file(path, _npz_bytes(split))
         paths.append(path)
     return paths
+
+
+def check_node_data(config: RunConfig, data_paths: dict[str, Path], label_column: str) -> None:
+    """Load every node's file against the task's shape, before any key or certificate exists.
+
+    The shape is the one the ServerApp resolves: the dataset's own, or for
+    ``dataset = "files"`` the run config's ``input-shape``/``num-classes`` or the
+    server's test file.
+
+    Raises
+    ------
+    DeployError
+        Listing every node whose file a node would refuse, with the file and the problem.
+    """
+    from fl_app.server_app import resolve_task
+
+    if config.dataset == FILES and not data_paths:
+        raise DeployError(
+            "dataset 'files' has no demo data: give every node its file with --data NODE=PATH"
+        )
+    try:
+        shape, _ = resolve_task(config)
+    except DataError as err:
+        raise DeployError(str(err)) from err
+    problems = []
+    for name, path in sorted(data_paths.items()):
+        try:
+            load_data_file(path.expanduser(), shape, label_column)
+        except (DataError, OSError) as err:
+            problems.append(f"node {name}: {err}")
+    if problems:
+        raise DeployError(
+            f"{len(problems)} data file(s) do not fit {shape.describe()}: " + "; ".join(problems)
+        )

@@ -30,12 +30,18 @@ from flwr.clientapp import ClientApp
 
 from fl_app.config import NodeConfig, RunConfig, node_config_of, run_config_of
 from fl_app.data import (
-    DATASETS,
+    FILES,
+    SYNTHETIC,
     ClientData,
+    DataError,
     Split,
+    TaskShape,
     embedded_client_data,
-    load_local_file,
+    embedded_shape,
+    load_data_file,
+    partition_file,
     split_train_val,
+    synthetic_client_data,
 )
 from fl_app.dp.local import public_count, train_with_local_dp
 from fl_app.he.client import he_mod, key_check
@@ -61,42 +67,78 @@ app = ClientApp(mods=[he_mod])
 
 @dataclass(frozen=True)
 class ClientSetup:
-    """Everything a client derives once from its run config and node config."""
+    """Everything a client derives once from its run config, node config and task shape."""
 
     config: RunConfig
     node: NodeConfig
+    shape: TaskShape
     data: ClientData
 
 
 @lru_cache(maxsize=4)
-def _local_file_data(
-    path: Path, mtime: float, dataset: str, label_column: str, val_fraction: float, seed: int
+def _file_data(
+    path: Path,
+    mtime: float,
+    shape: TaskShape,
+    label_column: str,
+    val_fraction: float,
+    seed: int,
 ) -> ClientData:
-    """Load and split a node's own data file; ``mtime`` in the cache key re-reads a changed file."""
+    """Load and split a node's data file; ``mtime`` in the cache key re-reads a changed file."""
     del mtime
-    split = load_local_file(path, DATASETS[dataset], label_column)
-    return split_train_val(split, val_fraction, seed)
+    return split_train_val(load_data_file(path, shape, label_column), val_fraction, seed)
 
 
-def client_setup(context: Context) -> ClientSetup:
+def _data_file(config: RunConfig, node: NodeConfig) -> Path | None:
+    """Return the file this node trains on: its ``data-path``, else its ``partition-files`` entry.
+
+    ``partition-files`` is how a simulation gives simulated partition ``i`` the file
+    of silo ``i``; a node with its own ``data-path`` never reads a path the run
+    config names.
+    """
+    own = node.path("data_path")
+    if own is not None or config.dataset != FILES:
+        return own
+    if not config.partition_files:
+        raise DataError(
+            "dataset 'files' needs this node's file: node-config 'data-path' (deployed "
+            "SuperNode) or run-config 'partition-files' (simulation)"
+        )
+    return partition_file(config.partition_files, node.partition_id, node.num_partitions)
+
+
+def client_setup(context: Context, shape: TaskShape) -> ClientSetup:
     """Parse the configs and load this node's data (cached across rounds).
 
     A node's own file is split into train and validation parts with seed
     ``seed + partition-id``, as an embedded partition is: a SuperNode given the
     file of simulated partition ``i`` (``deploy/node_data.py``) with
     ``partition-id = i`` trains on exactly what simulated client ``i`` does.
+
+    Raises
+    ------
+    DataError
+        Naming the data file and what is wrong with it.
     """
     config = run_config_of(context)
     node = node_config_of(context)
-    data_path = node.path("data_path")
-    if data_path is not None:
-        data = _local_file_data(
-            data_path,
-            data_path.stat().st_mtime,
-            config.dataset,
+    path = _data_file(config, node)
+    if path is not None:
+        data = _file_data(
+            path,
+            path.stat().st_mtime,
+            shape,
             node.label_column,
             config.val_fraction,
             config.seed + node.partition_id,
+        )
+    elif config.dataset == SYNTHETIC:
+        data = synthetic_client_data(
+            config.seed,
+            node.partition_id,
+            config.synthetic_alpha,
+            config.synthetic_beta,
+            config.val_fraction,
         )
     else:
         data = embedded_client_data(
@@ -110,15 +152,33 @@ def client_setup(context: Context) -> ClientSetup:
             config.dirichlet_alpha,
             config.labels_per_client,
         )
-    return ClientSetup(config, node, data)
+    return ClientSetup(config, node, shape, data)
 
 
-def _model_from(message: Message, config: RunConfig) -> torch.nn.Module:
+def _model_from(message: Message, setup: ClientSetup) -> torch.nn.Module:
     """Build the global model a message carries."""
-    spec = DATASETS[config.dataset]
-    model = build_model(config.model, spec.input_shape, spec.num_classes, config.prefers_mlp)
+    config, shape = setup.config, setup.shape
+    model = build_model(config.model, shape.input_shape, shape.num_classes, config.prefers_mlp)
     model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict(), strict=True)
     return model
+
+
+def _setup_or_error(msg: Message, context: Context) -> ClientSetup | Message:
+    """Return the client's setup, or the error reply that names the bad data file.
+
+    The task's shape is the embedded dataset's own, or for ``dataset = "files"`` the
+    one the server resolved and sent (:class:`fl_app.data.TaskShape`).
+    """
+    try:
+        dataset = run_config_of(context).dataset
+        shape = (
+            TaskShape.from_config(msg.content[CONFIG_KEY])
+            if dataset == FILES
+            else embedded_shape(dataset)
+        )
+        return client_setup(context, shape)
+    except DataError as err:
+        return Message(Error(code=0, reason=str(err)), reply_to=msg)
 
 
 def training_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -181,15 +241,21 @@ def train_handler(msg: Message, context: Context) -> Message:
     (``dp-report-metrics``): no evaluation, no loss or accuracy, no exact count.
     """
     torch.set_num_threads(1)
-    setup = client_setup(context)
+    setup = _setup_or_error(msg, context)
+    if isinstance(setup, Message):
+        return setup
     data = setup.data
     round_config = msg.content[CONFIG_KEY]
-    model = _model_from(msg, setup.config)
+    model = _model_from(msg, setup)
     private = setup.config.dp == "local"
     report = not private or setup.node.dp_report_metrics
     metrics: dict[str, float | int] = {}
     if report:
-        metrics = {**_evaluation(model, data.val, EVAL_PREFIX), "eval-num-examples": len(data.val)}
+        metrics = {
+            **_evaluation(model, data.val, EVAL_PREFIX),
+            **_evaluation(model, data.train, EVAL_PREFIX + "train-"),
+            "eval-num-examples": len(data.val),
+        }
     if round_config.get(TRAIN_MODE_KEY, TRAIN_WEIGHTS) == TRAIN_GRADIENT:
         gradient = full_batch_gradient(model, data.train)
         arrays = ArrayRecord({k: Array(v) for k, v in gradient.items()})
@@ -218,11 +284,13 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
     an accuracy on its own data is not covered by ε.
     """
     torch.set_num_threads(1)
-    setup = client_setup(context)
+    setup = _setup_or_error(msg, context)
+    if isinstance(setup, Message):
+        return setup
     if setup.config.dp == "local" and not setup.node.dp_report_metrics:
         reason = "node under local DP reports no evaluation (its dp-report-metrics is false)"
         return Message(Error(code=0, reason=reason), reply_to=msg)
-    model = _model_from(msg, setup.config)
+    model = _model_from(msg, setup)
     loss, accuracy = evaluate(model, setup.data.val)
     metrics = MetricRecord(
         {"loss": loss, "accuracy": accuracy, NUM_EXAMPLES_KEY: len(setup.data.val)}

@@ -19,8 +19,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_type_hints
 
-from fl_app.data import DATASETS, PARTITIONERS
-from fl_app.model import MODEL_KINDS
+from fl_app.data import (
+    DATASET_NAMES,
+    DATASETS,
+    FILES,
+    PARTITIONERS,
+    SYNTHETIC,
+    DataError,
+    parse_shape,
+)
+from fl_app.model import MODELS, model_kinds
 from privacy import ACCOUNTANTS
 from strategies import LINEAR_STRATEGIES, STRATEGIES
 from strategies.linear import QUALITY_METRICS, WEIGHT_BY
@@ -29,7 +37,7 @@ from strategies.protocol import NUM_EXAMPLES_KEY
 if TYPE_CHECKING:
     from flwr.app import Context
 
-DP_MODES: tuple[str, ...] = ("none", "local", "central")
+DP_MODES: tuple[str, ...] = ("none", "local", "central", "distributed")
 
 
 class ConfigError(ValueError):
@@ -91,14 +99,30 @@ class RunConfig:
     )
     resume_from: str = _option("", None, "a results directory or checkpoint.npz ('' = new run)")
     # --- data ---
-    dataset: str = _option("digits", *_one_of(DATASETS))
+    dataset: str = _option("digits", *_one_of(DATASET_NAMES))
+    input_shape: str = _option(
+        "", None, "'' (the dataset's own) or a shape such as '17', '28,28' or '1,28,28'"
+    )
+    num_classes: int = _option(0, _at_least(0), "an integer >= 0 (0 = the dataset's own)")
+    server_test_path: str = _option(
+        "", None, "a path to the server's .npz/.csv test file ('' = the embedded test split)"
+    )
+    partition_files: str = _option(
+        "", None, "a folder or comma-separated files: simulated partition i reads file i"
+    )
+    synthetic_alpha: float = _option(0.0, _non_negative, "a number >= 0 (model skew α)")
+    synthetic_beta: float = _option(0.0, _non_negative, "a number >= 0 (feature skew β)")
     partitioner: str = _option("iid", *_one_of(PARTITIONERS))
     dirichlet_alpha: float = _option(0.5, _positive, "a number > 0")
     labels_per_client: int = _option(2, _at_least(1), "an integer >= 1")
     test_fraction: float = _option(0.2, _open_fraction, "a number in (0, 1)")
     val_fraction: float = _option(0.1, _open_fraction, "a number in (0, 1)")
     # --- model and local training ---
-    model: str = _option("auto", *_one_of(MODEL_KINDS))
+    model: str = _option(
+        "auto",
+        lambda v: v == "auto" or v in MODELS,
+        "one of " + ", ".join(repr(k) for k in model_kinds()) + " (fl_app/model.py's registry)",
+    )
     local_epochs: int = _option(2, _at_least(1), "an integer >= 1")
     batch_size: int = _option(16, _at_least(1), "an integer >= 1")
     learning_rate: float = _option(0.05, _positive, "a number > 0")
@@ -276,19 +300,53 @@ def parse_run_config(
 
 def _cross_field_errors(config: RunConfig) -> list[str]:
     """Return the errors that involve more than one key."""
+    errors = _data_errors(config)
+    return errors + _strategy_errors(config) + _he_errors(config) + _dp_errors(config)
+
+
+def _data_errors(config: RunConfig) -> list[str]:
+    """Return the errors of the data keys taken together."""
     errors = []
-    spec = DATASETS[config.dataset]
-    if config.partitioner == "pathological" and config.labels_per_client > spec.num_classes:
+    if config.dataset != FILES:
+        for key, value in (
+            ("input-shape", config.input_shape),
+            ("num-classes", config.num_classes),
+            ("partition-files", config.partition_files),
+        ):
+            if value:
+                errors.append(
+                    f"run-config key '{key}' = {value!r} is only for dataset '{FILES}'; "
+                    f"dataset '{config.dataset}' has its own"
+                )
+    elif not config.server_test_path and not (config.input_shape and config.num_classes):
+        errors.append(
+            f"dataset '{FILES}' needs the model's shape: set run-config 'input-shape' and "
+            "'num-classes', or 'server-test-path' (a test file that shows them)"
+        )
+    shape: tuple[int, ...] = ()
+    if config.input_shape:
+        try:
+            shape = parse_shape(config.input_shape)
+        except DataError as err:
+            errors.append(f"run-config key 'input-shape': {err}")
+    elif config.dataset in DATASETS:
+        shape = DATASETS[config.dataset].input_shape
+    classes = DATASETS[config.dataset].num_classes if config.dataset in DATASETS else 0
+    if (
+        config.dataset in DATASETS
+        and config.partitioner == "pathological"
+        and config.labels_per_client > classes
+    ):
         errors.append(
             f"run-config key 'labels-per-client' = {config.labels_per_client} is invalid "
-            f"for dataset '{config.dataset}': must be <= its {spec.num_classes} classes"
+            f"for dataset '{config.dataset}': must be <= its {classes} classes"
         )
-    if config.model == "cnn" and len(spec.input_shape) != 3:
+    if config.model == "cnn" and (config.dataset == SYNTHETIC or (shape and len(shape) != 3)):
         errors.append(
             f"run-config key 'model' = 'cnn' is invalid for dataset '{config.dataset}': "
             "a CNN needs image-shaped data; use 'mlp' or 'auto'"
         )
-    return errors + _strategy_errors(config) + _he_errors(config) + _dp_errors(config)
+    return errors
 
 
 KRUM_STRATEGIES = ("krum", "multikrum")
@@ -359,7 +417,17 @@ def _he_errors(config: RunConfig) -> list[str]:
     if config.dp == "central":
         errors.append(
             "run-config 'dp' = 'central' cannot be used with he = true: the server clips "
-            "each update and cannot see an encrypted one; use dp = 'local' with he"
+            "each update and cannot see an encrypted one; use dp = 'distributed' (client-level "
+            "DP, noise added by the clients) or dp = 'local' with he"
+        )
+    from privacy.he import MIN_CLIENTS  # imports TenSEAL: only runs with he = true
+
+    if 0 < config.min_train_nodes < MIN_CLIENTS:
+        errors.append(
+            f"run-config key 'min-train-nodes' = {config.min_train_nodes} cannot be used with "
+            f"he = true: homomorphic encryption needs at least {MIN_CLIENTS} clients in every "
+            "round (every client decrypts the sum; with 2, each would subtract its own update "
+            f"and read the other's); set it to 0 (= {MIN_CLIENTS} under he) or >= {MIN_CLIENTS}"
         )
     return errors
 
@@ -396,6 +464,23 @@ def _dp_errors(config: RunConfig) -> list[str]:
             "dp = 'central'",
             "client-level DP clips and noises a (weighted) mean of updates, which this "
             "strategy does not compute",
+        )
+    if config.dp == "distributed":
+        if not config.he:
+            errors.append(
+                "run-config 'dp' = 'distributed' needs he = true: the clients' noisy updates "
+                "are summed encrypted, and each carries only a share of the noise"
+            )
+        if config.dp_target_epsilon == 0 and config.dp_central_noise_multiplier == 0:
+            errors.append(
+                "run-config 'dp' = 'distributed' needs 'dp-target-epsilon' > 0 (the noise is "
+                "calibrated to it) or 'dp-central-noise-multiplier' > 0; both are 0"
+            )
+        errors += _needs_linear(
+            config,
+            "dp = 'distributed'",
+            "client-level DP clips and noises a mean of updates, which this strategy does "
+            "not compute",
         )
     return errors
 

@@ -18,7 +18,18 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fl_app.config import ConfigError, RunConfig, parse_run_config
-from fl_app.data import DATASETS, server_split
+from fl_app.data import (
+    DATASETS,
+    FILES,
+    DataError,
+    Split,
+    TaskShape,
+    embedded_shape,
+    format_shape,
+    read_server_test_file,
+    server_split,
+    task_shape,
+)
 from fl_app.dp.local import PLAN_KEY
 from fl_app.he.records import is_encrypted
 from fl_app.he.server import EncryptedAggregation
@@ -49,17 +60,50 @@ from strategies.base import RoundStrategy
 app = ServerApp()
 
 
-def initial_model(config: RunConfig) -> torch.nn.Module:
-    """Build the global model with weights drawn from the run's seed."""
-    spec = DATASETS[config.dataset]
+def server_test_set(config: RunConfig) -> Split | None:
+    """Return the server's test set: ``server-test-path``, the embedded split, or none.
+
+    Synthetic devices and users' files have no server test set unless
+    ``server-test-path`` names one; the run then reports federated validation only.
+
+    Raises
+    ------
+    DataError
+        Naming the test file and what is wrong with it.
+    """
+    if config.server_test_path:
+        if config.dataset == FILES:
+            shape_text, classes = config.input_shape, config.num_classes
+        else:
+            own = embedded_shape(config.dataset)
+            shape_text, classes = format_shape(own.input_shape), own.num_classes
+        return read_server_test_file(
+            Path(config.server_test_path).expanduser(), shape_text, classes
+        )
+    if config.dataset in DATASETS:
+        return server_split(config.dataset, config.test_fraction, config.seed)[1]
+    return None
+
+
+def resolve_task(config: RunConfig) -> tuple[TaskShape, Split | None]:
+    """Return the task's shape and the server's test set (:func:`server_test_set`)."""
+    test = server_test_set(config)
+    return task_shape(config.dataset, config.input_shape, config.num_classes, test), test
+
+
+def initial_model(config: RunConfig, shape: TaskShape | None = None) -> torch.nn.Module:
+    """Build the global model with weights drawn from the run's seed.
+
+    ``shape`` defaults to the embedded or synthetic dataset's own.
+    """
+    shape = shape or embedded_shape(config.dataset)
     torch.manual_seed(config.seed)
-    return build_model(config.model, spec.input_shape, spec.num_classes, config.prefers_mlp)
+    return build_model(config.model, shape.input_shape, shape.num_classes, config.prefers_mlp)
 
 
-def make_server_evaluate(config: RunConfig) -> ServerEvaluate:
-    """Return a function that scores global arrays on the server's held-out test set."""
-    _, test = server_split(config.dataset, config.test_fraction, config.seed)
-    model = initial_model(config)
+def make_server_evaluate(config: RunConfig, shape: TaskShape, test: Split) -> ServerEvaluate:
+    """Return a function that scores global arrays on the server's test set."""
+    model = initial_model(config, shape)
 
     def server_evaluate(arrays: ArrayRecord) -> dict[str, float]:
         model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
@@ -107,6 +151,16 @@ def privacy_statement(config: RunConfig, record: RunRecord) -> str:
         return (
             "client-level DP of the published model (Poisson sampling and noise from the "
             "run's secret); the server saw every update in plaintext"
+        )
+    if config.dp == "distributed":
+        collusion = record.largest("dp-collusion-epsilon")
+        reach = f"reached epsilon {collusion:.4g}" if collusion is not None else "was not accounted"
+        return (
+            "client-level DP of the published model (Poisson sampling from the run's secret, "
+            "each client's noise share from its node's secret, summed encrypted); the server "
+            "saw only ciphertexts; the server colluding with one client can decrypt every "
+            "update, each protected by its own share only: that view "
+            f"{reach} (dp-collusion-epsilon)"
         )
     return "no differential privacy"
 
@@ -166,6 +220,8 @@ class PreparedRun:
     arrays: ArrayRecord
     start_round: int
     plan_id: str
+    shape: TaskShape
+    test: Split | None
 
 
 def prepare_run(grid: Grid, context: Context) -> PreparedRun:
@@ -173,13 +229,15 @@ def prepare_run(grid: Grid, context: Context) -> PreparedRun:
 
     Raises
     ------
-    ConfigError, CheckpointError, HEError, FileExistsError
+    ConfigError, CheckpointError, DataError, HEError, FileExistsError
         For a run that cannot start: nothing was trained or written.
     """
     config = parse_run_config(context.run_config, grid.run.override_config)
     checkpoint = _load_resume_checkpoint(config)
-    model = initial_model(config)
-    secret = run_secret(config.resume_from) if config.dp == "central" else b""
+    shape, test = resolve_task(config)
+    model = initial_model(config, shape)
+    client_level = config.dp in ("central", "distributed")
+    secret = run_secret(config.resume_from) if client_level else b""
     strategy = build_strategy(config, {k: v.numpy() for k, v in model.state_dict().items()}, secret)
     arrays = ArrayRecord(model.state_dict())
     start_round, plan_id = 1, uuid.uuid4().hex
@@ -191,13 +249,14 @@ def prepare_run(grid: Grid, context: Context) -> PreparedRun:
     log(INFO, "Results directory: %s", directory)
     if secret:
         write_new_file(directory / PRIVATE_DIR / SECRET_FILE, secret)
-    spec = DATASETS[config.dataset]
     record = RunRecord(
         config=config.to_dict(),
         strategy={"name": strategy.name, **strategy.settings()},
         model={
-            "kind": resolve_model_kind(config.model, spec.input_shape, config.prefers_mlp),
+            "kind": resolve_model_kind(config.model, shape.input_shape, config.prefers_mlp),
             "parameters": sum(p.numel() for p in model.parameters()),
+            "input-shape": format_shape(shape.input_shape),
+            "num-classes": shape.num_classes,
         },
         environment={
             "flwr": flwr.__version__,
@@ -212,7 +271,7 @@ def prepare_run(grid: Grid, context: Context) -> PreparedRun:
         record.resumed_from = {"path": config.resume_from, "round": checkpoint.server_round}
         log(INFO, "Resuming after round %d from %s", checkpoint.server_round, config.resume_from)
     results = ResultsWriter(directory, record)
-    return PreparedRun(config, model, strategy, results, arrays, start_round, plan_id)
+    return PreparedRun(config, model, strategy, results, arrays, start_round, plan_id, shape, test)
 
 
 @app.main()
@@ -226,7 +285,7 @@ def main(grid: Grid, context: Context) -> None:
     torch.set_num_threads(1)
     try:
         run = prepare_run(grid, context)
-    except (ConfigError, CheckpointError, HEError, FileExistsError) as err:
+    except (ConfigError, CheckpointError, DataError, HEError, FileExistsError) as err:
         log(ERROR, "Run not started, nothing was trained: %s", err)
         return
     config, strategy, results = run.config, run.strategy, run.results
@@ -246,6 +305,15 @@ def main(grid: Grid, context: Context) -> None:
         )
 
     strategy.summary()
+    if config.he:
+        evaluation = None
+        log(INFO, "Server evaluation: none (the server cannot read the encrypted model)")
+    elif run.test is None:
+        evaluation = None
+        log(INFO, "Server evaluation: none (no server-test-path); accuracy is federated validation")
+    else:
+        evaluation = make_server_evaluate(config, run.shape, run.test)
+        log(INFO, "Server evaluation: %d test examples, %s", len(run.test), run.shape.describe())
     loop = TrainingLoop(
         grid,
         strategy,
@@ -254,13 +322,16 @@ def main(grid: Grid, context: Context) -> None:
             config.round_timeout,
             config.target_accuracy,
             config.max_round_retries,
-            final_evaluation=config.dp != "local",
+            final_evaluation=config.dp not in ("local", "distributed"),
         ),
         results,
-        None if config.he else make_server_evaluate(config),
+        evaluation,
     )
     final_arrays, status = loop.run(
-        run.arrays, ConfigRecord({PLAN_KEY: run.plan_id}), run.start_round, save_round
+        run.arrays,
+        ConfigRecord({PLAN_KEY: run.plan_id, **run.shape.to_config()}),
+        run.start_round,
+        save_round,
     )
     if is_encrypted(final_arrays) and isinstance(strategy, EncryptedAggregation):
         log(INFO, "Encrypted final model: %s", strategy.save_model(directory, final_arrays))

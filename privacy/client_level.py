@@ -18,11 +18,23 @@ The mechanism, step by step, and why its ε is what the accountant says:
 
 ε after ``T`` such rounds is Opacus' accountant (RDP or PRV) over the history
 ``[(z, q, T)]``; ε is per *client* (a client's whole data, add/remove adjacency).
+
+Distributed noise (:class:`NoiseShare`)
+---------------------------------------
+The same mechanism without a server that sees updates: each of the ``n`` clients
+sampled in a round clips its own update and adds a *share* of the noise,
+``N(0, (z C)^2 / n)`` per coordinate (:func:`add_noise`), before its update is
+encrypted. The ``n`` shares of a complete round add up to ``N(0, (z C)^2)`` on the
+sum, exactly step 4 above, whatever ``n`` the sampling drew; divided by the fixed
+``m`` that is noise of standard deviation ``z C / m`` on the mean. A round with fewer
+than ``n`` shares carries less noise than that and must not be released.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -90,4 +102,68 @@ def noisy_mean_delta(
         else:
             total[...] = 0.0
         result.append(total / expected_clients)
+    return result
+
+
+@dataclass(frozen=True)
+class NoiseShare:
+    """What one sampled client adds under distributed noise, and how its update is weighed.
+
+    Parameters
+    ----------
+    shares : int
+        ``n``, the clients sampled in the round, each adding one share.
+    expected_clients : float
+        ``m = q N``, the fixed denominator of the mean.
+    noise_multiplier : float
+        ``z``: the shares of a complete round add up to ``N(0, (z C)^2)``.
+    clipping_norm : float
+        ``C``, the L2 bound of one client's update.
+    """
+
+    shares: int
+    expected_clients: float
+    noise_multiplier: float
+    clipping_norm: float
+
+    def __post_init__(self) -> None:
+        if self.shares < 1:
+            raise ValueError(f"noise shares must be >= 1, got {self.shares}")
+        if not (self.expected_clients > 0 and math.isfinite(self.expected_clients)):
+            raise ValueError(f"expected clients must be > 0, got {self.expected_clients}")
+        if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+            raise ValueError(f"noise multiplier must be >= 0, got {self.noise_multiplier}")
+        if not (self.clipping_norm > 0 and math.isfinite(self.clipping_norm)):
+            raise ValueError(f"clipping norm must be > 0, got {self.clipping_norm}")
+
+    @property
+    def std(self) -> float:
+        """Standard deviation of one share, per coordinate: ``z C / sqrt(n)``."""
+        return self.noise_multiplier * self.clipping_norm / math.sqrt(self.shares)
+
+    @property
+    def weight(self) -> float:
+        """``m / n``: the weight of each update, so that ``n`` of them sum to ``m``."""
+        return self.expected_clients / self.shares
+
+
+def add_noise(
+    clipped: Sequence[np.ndarray],
+    like: Sequence[np.ndarray],
+    noise_std: float,
+    rng: np.random.Generator,
+) -> Arrays:
+    """Return ``clipped + N(0, noise_std^2)`` per coordinate of the floating-point arrays.
+
+    ``like`` gives the dtypes: integer arrays (counters) carry no gradient information;
+    their delta is zero and gets no noise, as in :func:`noisy_mean_delta`.
+    """
+    if not (noise_std >= 0 and math.isfinite(noise_std)):
+        raise ValueError(f"noise std must be >= 0, got {noise_std}")
+    result = []
+    for delta, array in zip(clipped, like, strict=True):
+        if np.issubdtype(array.dtype, np.floating):
+            result.append(np.asarray(delta, np.float64) + rng.normal(0.0, noise_std, array.shape))
+        else:
+            result.append(np.zeros(array.shape, dtype=np.float64))
     return result

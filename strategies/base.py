@@ -14,6 +14,7 @@ from the return value, not from state kept in the strategy.
 
 from __future__ import annotations
 
+import math
 import time
 from abc import abstractmethod
 from collections import defaultdict
@@ -99,6 +100,15 @@ class EvaluateOutcome:
 
     metrics: MetricRecord | None
     failures: list[NodeFailure] = field(default_factory=list)
+
+
+def sample_size(available: int, fraction: float, minimum: int) -> int:
+    """Return how many of ``available`` nodes a round samples: ``⌊available · fraction⌋``.
+
+    At least ``minimum`` and at most ``available``. The floor forgives float error, so
+    that 100 nodes at fraction 0.29 sample 29, not 28.
+    """
+    return min(available, max(math.floor(available * fraction + 1e-9), minimum))
 
 
 def aggregate_metrics(records: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -312,7 +322,7 @@ class BaseStrategy(RoundStrategy):
         A retried round (too few valid updates the first time) draws a new sample.
         """
         nodes = self.connected_nodes(grid, minimum)
-        size = min(len(nodes), max(int(len(nodes) * fraction), minimum))
+        size = sample_size(len(nodes), fraction, minimum)
         if size == len(nodes):
             return nodes
         rng = np.random.default_rng([self.seed, server_round, attempt])

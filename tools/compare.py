@@ -6,6 +6,13 @@ directory: ``comparison.md`` / ``.csv`` / ``.json``, PNG plots, and every run's 
 results under ``runs/<setting>/seed-<n>/``. Each setting's simulated data holders keep
 their state (secrets, privacy ledgers, HE keys) under ``node-state/<setting>/``.
 
+After the runs, a privacy audit (:mod:`tools.audit.run`; ``--no-audit`` skips it)
+attacks every run: membership inference on the published model, reconstruction of a
+small client's examples from its update as the server receives it, and an empirical
+lower bound on ε for the DP settings. Each run's audit is kept in
+``runs/<setting>/seed-<n>/audit/`` and reused when the audit options are the same; its
+time is reported apart from the runs'.
+
 Re-running with the same ``--out`` reuses a finished run only when its whole run
 config is the one asked for, and resumes an interrupted run from its checkpoint; an
 ``--out`` that holds a different sweep is refused. The exit code is 0 when every run
@@ -38,7 +45,6 @@ from rich.progress import (
 )
 
 from fl_app.config import ConfigError, RunConfig, parse_run_config
-from fl_app.data import server_split
 from fl_app.he.keys import KEY_DIR, PUBLIC_FILE, SECRET_FILE
 from fl_app.he.server import ENCRYPTED_MODEL_FILE
 from fl_app.server.checkpoint import CHECKPOINT_FILE
@@ -49,12 +55,22 @@ from fl_app.server.results import (
     RunStatus,
     load_results,
 )
-from fl_app.server_app import initial_model
+from fl_app.server_app import initial_model, resolve_task
 from fl_app.task import evaluate
 from privacy.files import atomic_write_bytes
 from privacy.he import write_key_pair
 from privacy.he_model import EncryptedModel
 from tools.app_source import AppSource
+from tools.audit.run import (
+    AUDIT_DIR,
+    GRID_FILE,
+    IMAGES_FILE,
+    AuditError,
+    AuditOptions,
+    audit_run,
+    reusable_audit,
+    summarize_audit,
+)
 from tools.compare_report import print_table, summarize, write_report
 from tools.flwr_run import RunHandle, SimulationError, parse_key_values
 from tools.local_superlink import LocalSuperLink
@@ -64,7 +80,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "dp-local-eps1": {"dp": "local", "dp-target-epsilon": 1.0},
     "dp-local-eps3": {"dp": "local", "dp-target-epsilon": 3.0},
     "dp-local-eps8": {"dp": "local", "dp-target-epsilon": 8.0},
-    "dp-central": {"dp": "central"},
+    "dp-central-eps3": {"dp": "central", "dp-target-epsilon": 3.0},
+    "dp-central": {"dp": "central", "dp-target-epsilon": 8.0},
+    "dp-distributed-eps3": {"he": True, "dp": "distributed", "dp-target-epsilon": 3.0},
+    "dp-distributed": {"he": True, "dp": "distributed", "dp-target-epsilon": 8.0},
     "he": {"he": True},
     "he+dp-local-eps8": {"he": True, "dp": "local", "dp-target-epsilon": 8.0},
 }
@@ -121,6 +140,8 @@ def parse_settings(raw: str) -> tuple[str, ...]:
 def build_sweep(args: argparse.Namespace) -> Sweep:
     """Validate the command line and every run's config before anything runs."""
     settings = parse_settings(args.settings)
+    if args.audit_shadows < 2 or args.audit_shadows % 2:
+        raise CompareError(f"--audit-shadows {args.audit_shadows} must be even and >= 2")
     if args.seeds < 1 or args.rounds < 1 or args.clients < 2:
         raise CompareError(
             f"--seeds {args.seeds} and --rounds {args.rounds} must be >= 1 and "
@@ -256,9 +277,11 @@ def final_test_accuracy(
     key = load_context_file(sweep.node_state(setting) / KEY_DIR / SECRET_FILE, secret=True)
     arrays = EncryptedModel.from_bytes(encrypted.read_bytes()).decrypt(key)
     config = parse_run_config(record.config)
-    model = initial_model(config)
+    shape, test = resolve_task(config)
+    if test is None:
+        return None
+    model = initial_model(config, shape)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}, strict=True)
-    _, test = server_split(config.dataset, config.test_fraction, config.seed)
     return evaluate(model, test)[1]
 
 
@@ -344,6 +367,66 @@ def run_sweep(sweep: Sweep, console: Console) -> dict[str, list[tuple[RunRecord,
     return runs
 
 
+def he_secret(sweep: Sweep, setting: str) -> Path | None:
+    """Return the HE secret context of a setting's simulated data holders (None without HE)."""
+    if not SETTINGS[setting].get("he"):
+        return None
+    return sweep.node_state(setting) / KEY_DIR / SECRET_FILE
+
+
+def _unaudited(status: str, reason: str) -> dict[str, Any]:
+    """Return the summary of a run that has no audit, with the reason in every part."""
+    part = {"status": status, "reason": reason}
+    return summarize_audit({name: part for name in ("membership", "reconstruction", "canary")})
+
+
+def audit_one(sweep: Sweep, setting: str, seed: int, options: AuditOptions) -> dict[str, Any]:
+    """Audit one run (or reuse its audit made with the same options); return its summary."""
+    run_dir = sweep.run_dir(setting, seed)
+    audit = reusable_audit(run_dir, options)
+    if audit is None:
+        try:
+            audit = audit_run(
+                run_dir,
+                num_clients=sweep.clients,
+                he_secret=he_secret(sweep, setting),
+                options=options,
+            )
+        except AuditError as err:  # the run cannot be audited: say why
+            return _unaudited("not-measured", f"audit not possible: {err}")
+        except Exception as err:  # an audit's error must not lose the sweep's report
+            return _unaudited("failed", f"audit failed: {type(err).__name__}: {err}")
+    return audit["summary"]
+
+
+def audit_sweep(
+    sweep: Sweep, options: AuditOptions, console: Console
+) -> dict[str, list[dict[str, Any]]]:
+    """Audit every run of the sweep; return each setting's audit summaries, seed by seed.
+
+    Each setting's first reconstruction grid is copied to ``reconstruction-<setting>.png``.
+    """
+    audits: dict[str, list[dict[str, Any]]] = {s: [] for s in sweep.settings}
+    jobs = [(s, seed) for s in sweep.settings for seed in sweep.seeds]
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} runs audited"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("privacy audit", total=len(jobs))
+        for setting, seed in jobs:
+            progress.update(task, description=f"privacy audit: {setting} seed {seed}")
+            audits[setting].append(audit_one(sweep, setting, seed, options))
+            progress.advance(task)
+    for setting in sweep.settings:
+        grid = sweep.run_dir(setting, sweep.seeds[0]) / AUDIT_DIR / GRID_FILE
+        if grid.is_file():
+            atomic_write_bytes(sweep.out / f"reconstruction-{setting}.png", grid.read_bytes())
+    return audits
+
+
 def parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     p = argparse.ArgumentParser(
@@ -369,6 +452,17 @@ def parser() -> argparse.ArgumentParser:
         help='more run-config keys for every run, as for flwr run: "min-train-nodes=3"',
     )
     p.add_argument("--out", type=Path, default=Path("comparison"), help="report directory")
+    p.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="skip the privacy audit (membership inference, reconstruction, canary epsilon)",
+    )
+    p.add_argument(
+        "--audit-shadows",
+        type=int,
+        default=AuditOptions.shadows,
+        help="LiRA shadow models per audited run (even; more = stronger attack, slower)",
+    )
     p.add_argument("--list", action="store_true", help="print the setting names and exit")
     return p
 
@@ -395,21 +489,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]error:[/red] {err}", highlight=False)
         return 2
     started = time.monotonic()
+    audits: dict[str, list[dict[str, Any]]] = {}
+    audit_seconds: float | None = None
     try:
         runs = run_sweep(sweep, console)
+        runs_seconds = time.monotonic() - started
+        if not args.no_audit:
+            audit_started = time.monotonic()
+            audits = audit_sweep(sweep, AuditOptions(shadows=args.audit_shadows), console)
+            audit_seconds = time.monotonic() - audit_started
     except (SimulationError, CompareError) as err:
         console.print(f"[red]a run failed:[/red] {err}", highlight=False)
         return 1
     except KeyboardInterrupt:
         console.print(
-            f"[yellow]interrupted:[/yellow] finished runs are kept in {sweep.out}; run the "
-            "same command again to resume (finished runs are reused)"
+            f"[yellow]interrupted:[/yellow] finished runs (and audits) are kept in "
+            f"{sweep.out}; run the same command again to resume (finished ones are reused)"
         )
         return 130
-    rows = [summarize(setting, runs[setting]) for setting in sweep.settings]
-    write_report(rows, _title(sweep), {**sweep.definition(), "seeds": list(sweep.seeds)}, sweep.out)
+    rows = [
+        summarize(setting, runs[setting], audits.get(setting, ())) for setting in sweep.settings
+    ]
+    for row in rows:
+        images = sweep.run_dir(row.setting, sweep.seeds[0]) / AUDIT_DIR / IMAGES_FILE
+        if row.audits and images.is_file():
+            row.reconstruction_images = str(images.relative_to(sweep.out))
+    timing = {
+        "runs_seconds": runs_seconds,
+        "audit_seconds": audit_seconds,
+        "runs_own_seconds": sum(
+            record.final.seconds_total for r in runs.values() for record, _ in r if record.final
+        ),
+        "audit_own_seconds": sum(a["audit_seconds"] or 0.0 for r in audits.values() for a in r)
+        if audits
+        else None,
+    }
+    write_report(
+        rows,
+        _title(sweep),
+        {**sweep.definition(), "seeds": list(sweep.seeds), "timing": timing},
+        sweep.out,
+    )
     print_table(rows, console)
-    console.print(f"Sweep took {time.monotonic() - started:.0f} s; report in {sweep.out}")
+    audit_text = "skipped" if audit_seconds is None else f"{audit_seconds:.0f} s"
+    console.print(
+        f"Sweep took {time.monotonic() - started:.0f} s (runs {runs_seconds:.0f} s, privacy "
+        f"audit {audit_text}); report in {sweep.out}"
+    )
     incomplete = [
         f"{row.setting} ({status})"
         for row in rows

@@ -1,1 +1,1 @@
-"""Differential privacy in the app: local DP-SGD on the client, client-level DP on the server."""
+"""Differential privacy in the app: DP-SGD on the client, client-level DP (central, distributed)."""

@@ -16,7 +16,11 @@ over ``dp-target-epsilon`` is not started, and the run ends ``budget-exhausted``
 ε is Opacus' accountant (``dp-accountant``) over ``[(z, q, rounds)]`` at δ.
 
 Adversary: a reader of the published model, ``results.json`` and the checkpoint.
-The server itself sees every update in plaintext (use ``he`` for that). The noise
+``results.json`` therefore lists no client of a round and no training statistic
+(:func:`published_evaluation`); what it does publish outside ε is the federated
+validation accuracy (``eval-*``, used when there is no server test set) and the
+number of clients sampled each round. The server itself sees every update in
+plaintext (use ``he`` for that). The noise
 and the sampling come from the run's secret (32 bytes from the OS CSPRNG, in the
 run directory's ``private/`` folder, mode 0600), never from the public ``seed``.
 """
@@ -24,10 +28,10 @@ run directory's ``private/`` folder, mode 0600), never from the public ``seed``.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from logging import INFO
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -45,9 +49,26 @@ from strategies.base import (
     enough_updates,
 )
 from strategies.core import cast_like
+from strategies.protocol import EVAL_PREFIX
 from strategies.wrapper import StrategyWrapper
 
 STATE_KEY = "central-dp"
+
+T = TypeVar("T")
+
+
+def published_evaluation(metrics: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Return the federated evaluation aggregates (``eval-*``) of the clients' metrics.
+
+    They are the only client metrics central DP publishes, and only on the clients'
+    validation data: losses and accuracies on training data stay on the server.
+    """
+    published = aggregate_metrics(metrics).items()
+    return {
+        k: v
+        for k, v in published
+        if k.startswith(EVAL_PREFIX) and not k.startswith(EVAL_PREFIX + "train-")
+    }
 
 
 @dataclass(frozen=True)
@@ -82,6 +103,135 @@ class ClientLevelDP:
     accountant: str
 
 
+class ClientLevelAccount:
+    """The server's side of client-level DP: calibration, the draws charged, the sampling.
+
+    Shared by :class:`CentralDP` and distributed DP
+    (:class:`fl_app.dp.distributed.DistributedDP`): both run the sampled Gaussian
+    mechanism with noise multiplier ``z`` and rate ``q``, one draw per round attempt.
+
+    Parameters
+    ----------
+    dp : ClientLevelDP
+        The guarantee and the mechanism's parameters.
+    secret : bytes
+        The run's secret: seeds the sampling (and central DP's noise).
+    label : str
+        Names the mechanism in log lines and errors (``"central DP"``).
+    """
+
+    def __init__(self, dp: ClientLevelDP, secret: bytes, label: str) -> None:
+        if not secret:
+            raise ValueError(f"{label} needs the run's secret to sample clients")
+        self.dp = dp
+        self.secret = secret
+        self.label = label
+        self.noise_multiplier = dp.noise_multiplier
+        self.delta = dp.delta
+        self.num_clients = 0
+        self.history: list[list[float]] = []
+        self.draw = b""
+        self._attempts: defaultdict[int, int] = defaultdict(int)
+
+    @property
+    def expected_clients(self) -> float:
+        """``m = q N``: the fixed denominator of the mean."""
+        return self.dp.sample_rate * self.num_clients
+
+    def state(self) -> dict[str, Any]:
+        """Return the accounting as plain JSON types (nothing secret)."""
+        return {
+            "history": self.history,
+            "noise": self.noise_multiplier,
+            "delta": self.delta,
+            "clients": self.num_clients,
+        }
+
+    def load(self, saved: dict[str, Any]) -> None:
+        """Restore :meth:`state` output."""
+        self.history = [list(entry) for entry in saved.get("history", [])]
+        self.noise_multiplier = float(saved.get("noise", self.noise_multiplier))
+        self.delta = float(saved.get("delta", self.delta))
+        self.num_clients = int(saved.get("clients", 0))
+
+    def spent(self) -> dict[str, float]:
+        """Return the client-level ε of every draw charged so far, and δ."""
+        if not self.history:
+            return {}
+        from privacy.accounting import epsilon_of  # imports Opacus
+
+        return {
+            "epsilon": epsilon_of(self.dp.accountant, self.history, self.delta),
+            "delta": self.delta,
+        }
+
+    def prepare(self, num_clients: int) -> None:
+        """Fix ``N`` and δ and calibrate ``z`` at the first round (a resumed run keeps all).
+
+        Raises
+        ------
+        PrivacyError
+            If δ is not below ``1 / N``.
+        """
+        if not self.num_clients:
+            self.num_clients = num_clients
+        if not self.delta:
+            self.delta = auto_delta(self.num_clients)
+        if self.delta >= 1.0 / self.num_clients:
+            raise PrivacyError(
+                f"dp-delta {self.delta:g} is not below 1/N for N = {self.num_clients} clients: "
+                "client-level (epsilon, delta) would promise nothing"
+            )
+        if not self.noise_multiplier:
+            from privacy.accounting import calibrate_noise  # imports Opacus
+
+            self.noise_multiplier = calibrate_noise(
+                self.dp.target_epsilon,
+                self.delta,
+                self.dp.sample_rate,
+                self.dp.num_rounds,
+                self.dp.accountant,
+            )
+            log(INFO, "%s: noise multiplier %.4f calibrated", self.label, self.noise_multiplier)
+
+    def charge(self, server_round: int) -> None:
+        """Charge one draw of the sampled Gaussian mechanism, or stop before the target.
+
+        Raises
+        ------
+        BudgetExceededError
+            If the draw would push ε over ``dp-target-epsilon`` (nothing is charged).
+        """
+        from privacy.accounting import epsilon_of  # imports Opacus
+
+        z, q = self.noise_multiplier, self.dp.sample_rate
+        after = epsilon_of(self.dp.accountant, [*self.history, [z, q, 1]], self.delta)
+        if 0 < self.dp.target_epsilon < after:
+            raise BudgetExceededError(
+                f"{self.label}: round {server_round} would reach client-level epsilon "
+                f"{after:.4g} > dp-target-epsilon {self.dp.target_epsilon:g} "
+                f"(delta {self.delta:.3g}); no further round is released"
+            )
+        if self.history and self.history[-1][:2] == [z, q]:
+            self.history[-1][2] += 1
+        else:
+            self.history.append([z, q, 1])
+
+    def sample(self, candidates: Sequence[T], server_round: int) -> list[T]:
+        """Poisson-sample ``candidates`` from the run's secret (a new draw per attempt)."""
+        attempt = self._attempts[server_round]
+        self._attempts[server_round] += 1
+        self.draw = f"round {server_round} attempt {attempt}".encode()
+        rng = derive_generator(self.secret, self.draw, "client sampling")
+        chosen = poisson_sample(len(candidates), self.dp.sample_rate, rng)
+        log(INFO, "%s: %d of %d nodes sampled", self.label, len(chosen), len(candidates))
+        return [candidates[i] for i in chosen]
+
+    def noise_generator(self) -> np.random.Generator:
+        """Return the generator of the current draw's server noise (central DP)."""
+        return derive_generator(self.secret, self.draw, "noise")
+
+
 class CentralDP(StrategyWrapper):
     """Poisson-sample, clip, sum, noise: DP-FedAvg on top of a linear strategy.
 
@@ -111,13 +261,12 @@ class CentralDP(StrategyWrapper):
         super().__init__(strategy)
         self.rule = strategy.linear_rule
         self.dp = dp
-        self.secret = secret
-        self.noise_multiplier = dp.noise_multiplier
-        self.delta = dp.delta
-        self.num_clients = 0
-        self.history: list[list[float]] = []
-        self._attempts: defaultdict[int, int] = defaultdict(int)
-        self._draw = b""
+        self.account = ClientLevelAccount(dp, secret, "Central DP")
+
+    @property
+    def noise_multiplier(self) -> float:
+        """``z`` (0 until calibrated at round 1 when ``dp-target-epsilon`` sets it)."""
+        return self.account.noise_multiplier
 
     def settings(self) -> dict[str, Any]:
         """Return the strategy's settings plus the central-DP ones."""
@@ -133,97 +282,32 @@ class CentralDP(StrategyWrapper):
 
     def state_dict(self) -> dict[str, Any]:
         """Return the strategy's state plus the accounting (nothing secret)."""
-        return {
-            **self.strategy.state_dict(),
-            STATE_KEY: {
-                "history": self.history,
-                "noise": self.noise_multiplier,
-                "delta": self.delta,
-                "clients": self.num_clients,
-            },
-        }
+        return {**self.strategy.state_dict(), STATE_KEY: self.account.state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
         state = dict(state)
-        saved = state.pop(STATE_KEY, {})
-        self.history = [list(entry) for entry in saved.get("history", [])]
-        self.noise_multiplier = float(saved.get("noise", self.noise_multiplier))
-        self.delta = float(saved.get("delta", self.delta))
-        self.num_clients = int(saved.get("clients", 0))
+        self.account.load(state.pop(STATE_KEY, {}))
         self.strategy.load_state_dict(state)
 
     def privacy_spent(self) -> dict[str, float]:
         """Return the client-level ε of every draw charged so far, and δ."""
-        if not self.history:
-            return {}
-        from privacy.accounting import epsilon_of  # imports Opacus
-
-        return {
-            "epsilon": epsilon_of(self.dp.accountant, self.history, self.delta),
-            "delta": self.delta,
-        }
-
-    def _prepare(self, num_clients: int) -> None:
-        """Fix δ and calibrate ``z`` at the first round (a resumed run keeps both)."""
-        if not self.num_clients:
-            self.num_clients = num_clients
-        if not self.delta:
-            self.delta = auto_delta(self.num_clients)
-        if self.delta >= 1.0 / self.num_clients:
-            raise PrivacyError(
-                f"dp-delta {self.delta:g} is not below 1/N for N = {self.num_clients} clients: "
-                "client-level (epsilon, delta) would promise nothing"
-            )
-        if not self.noise_multiplier:
-            from privacy.accounting import calibrate_noise  # imports Opacus
-
-            self.noise_multiplier = calibrate_noise(
-                self.dp.target_epsilon,
-                self.delta,
-                self.dp.sample_rate,
-                self.dp.num_rounds,
-                self.dp.accountant,
-            )
-            log(INFO, "Central DP: noise multiplier %.4f calibrated", self.noise_multiplier)
-
-    def _charge(self, server_round: int) -> None:
-        """Charge one draw of the sampled Gaussian mechanism, or stop before the target."""
-        from privacy.accounting import epsilon_of  # imports Opacus
-
-        z, q = self.noise_multiplier, self.dp.sample_rate
-        after = epsilon_of(self.dp.accountant, [*self.history, [z, q, 1]], self.delta)
-        if 0 < self.dp.target_epsilon < after:
-            raise BudgetExceededError(
-                f"central DP: round {server_round} would reach client-level epsilon "
-                f"{after:.4g} > dp-target-epsilon {self.dp.target_epsilon:g} "
-                f"(delta {self.delta:.3g}); no further round is released"
-            )
-        if self.history and self.history[-1][:2] == [z, q]:
-            self.history[-1][2] += 1
-        else:
-            self.history.append([z, q, 1])
+        return self.account.spent()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Charge a draw, then Poisson-sample the nodes from the run's secret."""
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        self._prepare(len(messages))
-        self._charge(server_round)
-        attempt = self._attempts[server_round]
-        self._attempts[server_round] += 1
-        self._draw = f"round {server_round} attempt {attempt}".encode()
-        rng = derive_generator(self.secret, self._draw, "client sampling")
-        sampled = [messages[i] for i in poisson_sample(len(messages), self.dp.sample_rate, rng)]
-        log(INFO, "Central DP: %d of %d nodes sampled", len(sampled), len(messages))
-        return sampled
+        self.account.prepare(len(messages))
+        self.account.charge(server_round)
+        return self.account.sample(messages, server_round)
 
     def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> RoundOutcome:
         """Clip every update, sum, divide by the expected clients, add noise, finish."""
         strategy = self.strategy
-        updates, failures, client_metrics = strategy.screen_replies(replies)
-        outcome = RoundOutcome(None, None, failures, client_metrics)
+        updates, failures, _ = strategy.screen_replies(replies)
+        outcome = RoundOutcome(None, None, failures, [])  # published: nothing per client
         if not enough_updates(server_round, len(updates), strategy.min_train_nodes):
             return outcome
         current = strategy.global_arrays
@@ -232,9 +316,9 @@ class CentralDP(StrategyWrapper):
         mean_delta = noisy_mean_delta(
             clipped,
             current,
-            self.dp.sample_rate * self.num_clients,
+            self.account.expected_clients,
             self.noise_multiplier * self.dp.clipping_norm,
-            derive_generator(self.secret, self._draw, "noise"),
+            self.account.noise_generator(),
         )
         estimate = [
             cast_like(r.astype(np.float64) + d, c)
@@ -245,7 +329,7 @@ class CentralDP(StrategyWrapper):
         outcome.arrays = arrays_record(strategy.global_keys, new_arrays)
         outcome.metrics = MetricRecord(
             {
-                **aggregate_metrics([u.metrics for u in updates]),
+                **published_evaluation([u.metrics for u in updates]),
                 **{f"dp-{k}": v for k, v in self.privacy_spent().items()},
                 "dp-noise-multiplier": self.noise_multiplier,
                 "dp-sample-rate": self.dp.sample_rate,

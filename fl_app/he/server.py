@@ -9,6 +9,14 @@ train config carries the strategy's :class:`~strategies.linear.LinearRule`, whic
 client applies to its own update before encrypting. Round 1 starts from the plaintext
 initial model. A reply whose ciphertexts are corrupted, under another key or of the
 wrong count is left out of the round with a reason naming the node.
+
+What the encoding and the shared key require is enforced here: a released sum holds
+at least :data:`~privacy.he.MIN_CLIENTS` = 3 updates (every client decrypts it; with
+two, each would read the other's update), which the check before round 1 also
+requires of the sample size and the nodes connected; and at most
+:data:`~privacy.he.MAX_CLIENTS` (more could wrap around the fixed-point range): replies
+beyond it are left out. The aggregate carries the number of updates it sums, which
+every client checks against the sum's check slots.
 """
 
 from __future__ import annotations
@@ -30,11 +38,20 @@ from fl_app.he.records import (
     WEIGHT_KEY,
     ciphertext_record,
     ciphertexts_of,
+    count_of,
     is_encrypted,
     total_weight_of,
 )
 from fl_app.server.loop import exchange
-from privacy.he import ArraySpec, EncryptedSum, HEError, array_specs, num_values
+from privacy.he import (
+    MAX_CLIENTS,
+    MIN_CLIENTS,
+    ArraySpec,
+    EncryptedSum,
+    HEError,
+    array_specs,
+    num_values,
+)
 from privacy.he_model import EncryptedModel
 from strategies.base import (
     BaseStrategy,
@@ -45,10 +62,17 @@ from strategies.base import (
     enough_updates,
     report_failure,
 )
-from strategies.protocol import CONFIG_KEY, NUM_EXAMPLES_KEY
+from strategies.protocol import CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
 from strategies.wrapper import StrategyWrapper
 
 ENCRYPTED_MODEL_FILE = "model-encrypted.npz"
+PREFLIGHT = "HE preflight"
+"""Stage of the failures the check before round 1 reports that concern no single node."""
+MIN_CLIENTS_RULE = (
+    f"homomorphic encryption needs at least {MIN_CLIENTS} clients in every round (every "
+    "client decrypts the sum; with 2, each would subtract its own update and read the "
+    "other's)"
+)
 
 
 class EncryptedAggregation(StrategyWrapper):
@@ -82,6 +106,8 @@ class EncryptedAggregation(StrategyWrapper):
             )
         super().__init__(strategy)
         self.rule = strategy.linear_rule
+        self.floor = max(MIN_CLIENTS, strategy.min_train_nodes)
+        """Fewest valid updates a released sum holds."""
         self.public_context = public_context
         self.names = list(template)
         self.specs: list[ArraySpec] = array_specs(list(template.values()))
@@ -103,9 +129,43 @@ class EncryptedAggregation(StrategyWrapper):
             record[FINGERPRINT_KEY] = self.key.fingerprint
         return record
 
+    def sample_size(self, connected: int) -> int:
+        """Return how many of ``connected`` nodes the wrapped strategy samples per round."""
+        strategy = self.strategy
+        wanted = max(int(connected * strategy.fraction_train), strategy.min_train_nodes)
+        return min(connected, wanted)
+
+    def round_size_problems(self, connected: int) -> list[str]:
+        """Return why rounds drawn from ``connected`` nodes cannot be summed encrypted."""
+        size = self.sample_size(connected)
+        if size < MIN_CLIENTS:
+            return [
+                f"{MIN_CLIENTS_RULE}; rounds would have {size} (connected nodes {connected}, "
+                f"fraction-train {self.strategy.fraction_train:g}, min-train-nodes "
+                f"{self.strategy.min_train_nodes})"
+            ]
+        if size > MAX_CLIENTS:
+            return [
+                f"the fixed-point encoding sums at most {MAX_CLIENTS} updates (MAX_CLIENTS); "
+                f"rounds would sample {size} of {connected} connected nodes: lower fraction-train"
+            ]
+        return []
+
     def check_nodes(self, grid: Grid, timeout: float) -> list[NodeFailure]:
-        """Ask every connected node for its key before round 1; return those without it."""
-        nodes = self.strategy.connected_nodes(grid, self.strategy.min_train_nodes)
+        """Before round 1: enough clients per round, and every connected node's key.
+
+        A round that could hold fewer than :data:`~privacy.he.MIN_CLIENTS` or more
+        than :data:`~privacy.he.MAX_CLIENTS` updates is refused (one failure naming
+        the rule, node id 0); then every connected node is asked for the fingerprint
+        of its secret context, and those without the server's key are returned.
+        """
+        try:
+            nodes = self.strategy.connected_nodes(grid, self.floor)
+        except RuntimeError as err:
+            return [NodeFailure(0, PREFLIGHT, f"{MIN_CLIENTS_RULE}: {err}")]
+        problems = self.round_size_problems(len(nodes))
+        if problems:
+            return [NodeFailure(0, PREFLIGHT, problem) for problem in problems]
         messages = [
             Message(
                 RecordDict({CONFIG_KEY: ConfigRecord({FINGERPRINT_KEY: self.key.fingerprint})}),
@@ -149,24 +209,45 @@ class EncryptedAggregation(StrategyWrapper):
             server_round, arrays, self._with_key(arrays, config), grid
         )
 
-    def _add_reply(self, total: EncryptedSum, message: Message, metrics: dict[str, float]) -> float:
-        """Add one reply's ciphertexts to ``total``; return its weight."""
+    def expected_weight(self, metrics: dict[str, float]) -> float:
+        """Return the weight a reply's update must carry: the strategy's rule's weight.
+
+        Raises
+        ------
+        ReplyError
+            If the rule's weighting metric is missing or negative.
+        """
+        self.strategy.check_weighting(metrics)
+        plain = {k: v for k, v in metrics.items() if k != WEIGHT_KEY}
+        return self.rule.weight(int(metrics[NUM_EXAMPLES_KEY]), plain)
+
+    def add_reply(self, total: EncryptedSum, message: Message, weight: float) -> None:
+        """Add one reply's ciphertexts to ``total`` after checking its key and weight.
+
+        Raises
+        ------
+        HEError
+            If the update is under another key, claims another weight, has no
+            ciphertexts, cannot be added, or the sum is full (``MAX_CLIENTS``).
+        """
         key = message.content.config_records.get(KEY_RECORD, ConfigRecord()).get("fingerprint")
         expected = self.key.fingerprint
         if key != expected:
             raise HEError(
                 f"update is under key {key!r}, the server's public context is key {expected!r}"
             )
-        plain = {k: v for k, v in metrics.items() if k != WEIGHT_KEY}
-        weight = self.rule.weight(int(metrics[NUM_EXAMPLES_KEY]), plain)
+        metrics = message.content.metric_records.get(METRICS_KEY, MetricRecord())
         claimed = metrics.get(WEIGHT_KEY)
         if claimed is None or not np.isclose(claimed, weight, rtol=1e-9, atol=0.0):
-            raise HEError(f"update weighted by {claimed!r}, the strategy's weight is {weight!r}")
+            raise HEError(f"update weighted by {claimed!r}, the expected weight is {weight!r}")
         record = message.content.array_records.get(UPDATE_KEY)
         if record is None:
             raise HEError(f"reply has no ArrayRecord '{UPDATE_KEY}'")
         total.add(ciphertexts_of(record))
-        return weight
+
+    def releasable(self, server_round: int, count: int) -> bool:
+        """Tell whether a sum of ``count`` valid updates may be released (at least the floor)."""
+        return enough_updates(server_round, count, self.floor, "valid encrypted updates")
 
     def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> RoundOutcome:
         """Add the valid encrypted updates; return the encrypted global model."""
@@ -179,8 +260,8 @@ class EncryptedAggregation(StrategyWrapper):
             try:
                 metrics = self.strategy.check_metrics(message)
                 outcome.client_metrics.append({"node": node, **metrics})
-                self.strategy.check_weighting(metrics)
-                weights.append(self._add_reply(total, message, metrics))
+                weight = self.expected_weight(metrics)
+                self.add_reply(total, message, weight)
             except ReplyError as err:
                 outcome.failures.append(report_failure(node, "train", str(err)))
                 continue
@@ -189,17 +270,16 @@ class EncryptedAggregation(StrategyWrapper):
                     report_failure(node, "train", f"encrypted update rejected: {err}")
                 )
                 continue
+            weights.append(weight)
             accepted.append({k: v for k, v in metrics.items() if k != WEIGHT_KEY})
         log(INFO, "aggregate_train: %d valid encrypted updates", total.count)
-        if not enough_updates(
-            server_round, total.count, self.strategy.min_train_nodes, "valid encrypted updates"
-        ):
+        if not self.releasable(server_round, total.count):
             return outcome
         if sum(weights) <= 0:
             log(WARNING, "Round %d not aggregated: the encrypted updates weigh 0", server_round)
             return outcome
         outcome.arrays = ciphertext_record(
-            total.ciphertexts(), float(sum(weights)), (self.names, self.specs)
+            total.ciphertexts(), float(sum(weights)), (self.names, self.specs), total.count
         )
         outcome.metrics = MetricRecord(aggregate_metrics(accepted))
         return outcome
@@ -212,6 +292,7 @@ class EncryptedAggregation(StrategyWrapper):
             ciphertexts=ciphertexts_of(arrays),
             total_weight=total_weight_of(arrays),
             fingerprint=self.key.fingerprint,
+            count=count_of(arrays),
         )
         path = directory / ENCRYPTED_MODEL_FILE
         model.save(path)

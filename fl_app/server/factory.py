@@ -9,6 +9,7 @@ only. Privacy add-ons then wrap the strategy through its public API.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -17,8 +18,11 @@ import numpy as np
 
 from fl_app.config import RunConfig, min_train_nodes
 from fl_app.dp.central import CentralDP, ClientLevelDP
+from fl_app.dp.distributed import DistributedDP
 from fl_app.he.keys import public_context_path
 from fl_app.he.server import EncryptedAggregation
+from privacy.he import MIN_CLIENTS
+from privacy.secrets import SECRET_BYTES
 from strategies import STRATEGIES
 from strategies.base import BaseStrategy, RoundStrategy
 
@@ -76,10 +80,26 @@ def build_base_strategy(config: RunConfig) -> BaseStrategy:
     )
 
 
+def client_level_dp(config: RunConfig) -> ClientLevelDP:
+    """Return the client-level DP parameters (central or distributed) of the run config."""
+    return ClientLevelDP(
+        clipping_norm=config.dp_clipping_norm,
+        noise_multiplier=config.dp_central_noise_multiplier,
+        target_epsilon=config.dp_target_epsilon,
+        delta=config.dp_delta,
+        sample_rate=config.fraction_train,
+        num_rounds=config.num_server_rounds,
+        accountant=config.dp_accountant,
+    )
+
+
 def build_strategy(
     config: RunConfig, template: dict[str, np.ndarray], secret: bytes
 ) -> RoundStrategy:
     """Return the strategy the ServerApp runs: the base one, wrapped by privacy add-ons.
+
+    Under ``he = true`` a round needs at least :data:`~privacy.he.MIN_CLIENTS` clients,
+    so ``min-train-nodes = 0`` means that many (the config refuses a smaller one).
 
     Parameters
     ----------
@@ -88,23 +108,27 @@ def build_strategy(
     template : dict[str, np.ndarray]
         The global model's arrays by name (encrypted aggregation packs by them).
     secret : bytes
-        The run's secret (client-level DP draws its sampling and noise from it).
+        The run's secret (client-level DP draws its sampling, and central DP its
+        noise, from it); empty = a new one from the OS CSPRNG.
     """
+    if config.he:
+        config = replace(config, min_train_nodes=max(MIN_CLIENTS, min_train_nodes(config)))
+    if config.dp in ("central", "distributed"):
+        secret = secret or os.urandom(SECRET_BYTES)
+    if config.dp == "distributed":  # the wrapper draws the sample: the strategy asks every node
+        return DistributedDP(
+            build_base_strategy(replace(config, fraction_train=1.0)),
+            public_context_path(config.he_public_context),
+            template,
+            client_level_dp(config),
+            secret,
+        )
     if config.dp != "central":
         base = build_base_strategy(config)
         strategy: RoundStrategy = base
     else:  # the wrapper draws the sample: the strategy asks every node
         base = build_base_strategy(replace(config, fraction_train=1.0))
-        dp = ClientLevelDP(
-            clipping_norm=config.dp_clipping_norm,
-            noise_multiplier=config.dp_central_noise_multiplier,
-            target_epsilon=config.dp_target_epsilon,
-            delta=config.dp_delta,
-            sample_rate=config.fraction_train,
-            num_rounds=config.num_server_rounds,
-            accountant=config.dp_accountant,
-        )
-        strategy = CentralDP(base, dp, secret)
+        strategy = CentralDP(base, client_level_dp(config), secret)
     if config.he:
         strategy = EncryptedAggregation(
             base, public_context_path(config.he_public_context), template

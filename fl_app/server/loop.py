@@ -21,7 +21,10 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_object import (
+    get_all_nested_objects,
+    no_object_id_recompute,
+)
 
 from fl_app.server.results import FinalEvaluationRecord, ResultsWriter, RoundRecord, RunStatus
 from privacy import BudgetExceededError, PrivacyError
@@ -46,10 +49,15 @@ class LoopSettings:
 
 
 def wire_bytes(messages: Iterable[Message]) -> int:
-    """Return the bytes the messages' serialized objects take on the wire."""
+    """Return the bytes the messages' serialized objects take on the wire.
+
+    Each object's ID (a SHA-256 of its content) is computed once, as Flower does when
+    it sends a message, not once per level of the object tree.
+    """
     total = 0
-    for message in messages:
-        total += sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+    with no_object_id_recompute():
+        for message in messages:
+            total += sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
     return total
 
 
@@ -130,7 +138,8 @@ class TrainingLoop:
         initial : ArrayRecord
             Global arrays before ``start_round``.
         train_config : ConfigRecord
-            Extra config sent with every train message.
+            Extra config sent with every train and evaluate message (the task's
+            shape, the privacy plan).
         start_round : int
             First round to run (> 1 when resuming; earlier rounds are in ``results``).
         on_round_end : callable, optional
@@ -140,7 +149,9 @@ class TrainingLoop:
         arrays = initial
         unready = self.strategy.check_nodes(self.grid, self.settings.round_timeout)
         if unready:
-            reasons = "; ".join(f"node {f.node_id}: {f.reason}" for f in unready)
+            reasons = "; ".join(
+                f"node {f.node_id}: {f.reason}" if f.node_id else f.reason for f in unready
+            )
             log(ERROR, "Stopping before round %d: %s", start_round, reasons)
             return arrays, RunStatus.FAILED
         if start_round == 1 and self.server_evaluate is not None:
@@ -184,7 +195,7 @@ class TrainingLoop:
                 )
                 break
         if last_round >= start_round and self.settings.final_evaluation:
-            self._final_evaluation(last_round, arrays)
+            self._final_evaluation(last_round, arrays, train_config)
         elif last_round >= start_round:
             log(INFO, "Final federated evaluation skipped: DP clients report no evaluation")
         return arrays, status
@@ -241,13 +252,22 @@ class TrainingLoop:
         ]
         record.seconds = round(time.monotonic() - started, 4)
         self.results.add_round(record)
+        if record.server:
+            accuracy = f"server test accuracy {record.server['accuracy']:.4f}"
+        elif evaluation:
+            accuracy = (
+                f"federated validation accuracy {evaluation['accuracy']:.4f} "
+                f"(round {server_round - 1}'s model)"
+            )
+        else:
+            accuracy = "no accuracy reported"
         log(
             INFO,
-            "Round %d: %d/%d replies, server accuracy %s, %.2f s, %.3f MB down / %.3f MB up",
+            "Round %d: %d/%d replies, %s, %.2f s, %.3f MB down / %.3f MB up",
             server_round,
             received,
             sent,
-            f"{record.server['accuracy']:.4f}" if record.server else "n/a",
+            accuracy,
             record.seconds,
             record.bytes_down / 1e6,
             record.bytes_up / 1e6,
@@ -268,12 +288,14 @@ class TrainingLoop:
         )
         return bool(previous) and previous["accuracy"] >= target
 
-    def _final_evaluation(self, last_round: int, arrays: ArrayRecord) -> None:
+    def _final_evaluation(self, last_round: int, arrays: ArrayRecord, config: ConfigRecord) -> None:
         """Evaluate the final global model on the clients' validation data."""
         started = time.monotonic()
         timeout = self.settings.round_timeout
         messages = list(
-            self.strategy.configure_evaluate(last_round, arrays, ConfigRecord(), self.grid)
+            self.strategy.configure_evaluate(
+                last_round, arrays, ConfigRecord(dict(config)), self.grid
+            )
         )
         replies, silent = exchange(self.grid, messages, timeout)
         outcome = self.strategy.evaluate_round(last_round, replies)

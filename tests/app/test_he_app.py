@@ -89,7 +89,7 @@ def test_he_run_matches_plaintext_and_server_holds_only_public_context(
         abs(encrypted["final"]["accuracy"] - plain["rounds"][-1]["evaluate"]["accuracy"]) <= 0.002
     )
     plain_up = plain["rounds"][0]["bytes_up"]
-    assert 5 * plain_up < encrypted["rounds"][0]["bytes_up"] < 8 * plain_up
+    assert 1.5 * plain_up < encrypted["rounds"][0]["bytes_up"] < 8 * plain_up
     assert not (tmp_path / "he" / "model.pt").exists()
     for path in (he_keys.secret, he_keys.public):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -165,8 +165,11 @@ def _corrupt_round_2(kind):
     ],
 )
 def test_bad_encrypted_update_is_left_out_naming_the_client(tmp_path, flwr_home, kind, reason):
-    results = run_server_app_in_process(
-        tmp_path / "run", {"num-server-rounds": 2, "he": True}, reply_hook=_corrupt_round_2(kind)
+    results = run_server_app_in_process(  # 4 nodes: the 3 valid updates are enough to release
+        tmp_path / "run",
+        {"num-server-rounds": 2, "he": True},
+        num_nodes=4,
+        reply_hook=_corrupt_round_2(kind),
     )
     assert results["status"] == "completed"
     failures = results["rounds"][1]["failures"]

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fl_app import client_app
 from fl_app.client_app import client_setup, training_seed
 from fl_app.config import RunConfig
-from fl_app.data import embedded_client_data
+from fl_app.data import embedded_client_data, embedded_shape
 from fl_app.model import build_model
 from fl_app.server.checkpoint import CHECKPOINT_FILE
 from fl_app.server_app import initial_model
@@ -30,6 +30,8 @@ from privacy.secrets import derive_seed
 from privacy.session import MAX_PHYSICAL_BATCH
 from testing.inprocess_grid import run_server_app_in_process as run_server_app
 from testing.inprocess_grid import set_task_identity
+
+DIGITS = embedded_shape("digits")
 
 LOCAL = {
     "dp": "local",
@@ -302,4 +304,15 @@ def test_the_node_secret_is_private_and_never_sent(node_state, caplog):
     sent = b"".join(a.numpy().tobytes() for a in reply.content["arrays"].values())
     secret = secret_file.read_bytes()
     assert secret not in sent and secret.hex() not in str(dict(reply.content["metrics"]))
-    assert client_setup(node_context(config, 0, 2)).node.state_dir == str(node_state)
+    assert client_setup(node_context(config, 0, 2), DIGITS).node.state_dir == str(node_state)
+
+
+def test_central_dp_publishes_no_client_statistic(tmp_path):
+    """A reader of results.json under central DP: no client, loss or accuracy of training."""
+    results = run_server_app(tmp_path / "run", {"dp": "central", "num-server-rounds": 2})
+    for record in results["rounds"]:
+        assert record["aggregated"] and record["clients"] == []
+        assert not [key for key in record["train"] if key.startswith("train-")]
+        assert record["train"]["dp-epsilon"] > 0
+    published = (tmp_path / "run" / "results.json").read_text()
+    assert "train-loss" not in published and "train-accuracy" not in published

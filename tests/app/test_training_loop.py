@@ -8,21 +8,23 @@ from fl_app.config import RunConfig
 from fl_app.server.factory import build_base_strategy
 from fl_app.server.loop import LoopSettings, TrainingLoop
 from fl_app.server.results import ResultsWriter, RunRecord
-from fl_app.server_app import initial_model, make_server_evaluate
+from fl_app.server_app import initial_model, make_server_evaluate, resolve_task
 from testing.inprocess_grid import InProcessGrid
 
 
 def run_loop(tmp_path, config: RunConfig, num_nodes=4, reply_hook=None, timeout=5.0):
     grid = InProcessGrid(app, num_nodes, config.to_dict(), reply_hook=reply_hook)
     results = ResultsWriter(tmp_path, RunRecord(config.to_dict(), {}, {}, {}))
+    shape, test = resolve_task(config)
     loop = TrainingLoop(
         grid,
         build_base_strategy(config),
         LoopSettings(config.num_server_rounds, timeout, config.target_accuracy),
         results,
-        make_server_evaluate(config),
+        make_server_evaluate(config, shape, test),
     )
-    _arrays, status = loop.run(ArrayRecord(initial_model(config).state_dict()), ConfigRecord())
+    initial = ArrayRecord(initial_model(config, shape).state_dict())
+    _arrays, status = loop.run(initial, ConfigRecord(shape.to_config()))
     return results, status, grid
 
 

@@ -1,4 +1,7 @@
-"""``fl-compare``: a tiny sweep end to end through real ``flwr run``, interrupted and resumed."""
+"""``fl-compare``: a tiny sweep end to end through real ``flwr run``, interrupted and resumed.
+
+The resumed invocation also runs the privacy audit (on by default) on both runs.
+"""
 
 import csv
 import json
@@ -81,8 +84,22 @@ def test_tiny_sweep_is_interrupted_resumed_and_reported(tmp_path):
     markdown = (out / "comparison.md").read_text()
     for setting in rows:
         assert f"| {setting} |" in markdown
-    for plot in ("accuracy_per_round.png", "privacy_utility.png", "cost_per_round.png"):
+    plots = ("accuracy_per_round.png", "privacy_utility.png", "cost_per_round.png")
+    for plot in (*plots, "privacy_audit.png", "reconstruction.png", "reconstruction-none.png"):
         data = (out / plot).read_bytes()
-        assert data.startswith(PNG_MAGIC) and len(data) > 5000
+        assert data.startswith(PNG_MAGIC) and len(data) > 2000, plot
+    # the privacy audit: the plain update gives the digit back, the HE reply is refused
+    assert float(table["none"]["reconstruction_psnr"]) > 20
+    assert table["he"]["reconstruction_psnr"] == ""
+    assert not (out / "reconstruction-he.png").exists()
+    for setting in rows:
+        assert 0.0 < float(table[setting]["mia_auc"]) < 1.0
+        assert table[setting]["epsilon_lower_bound"] == ""  # no DP in this sweep
+        audit = json.loads((out / "runs" / setting / "seed-0" / "audit" / "audit.json").read_text())
+        assert audit["membership"]["num_members"] > 0
+    he_audit = rows["he"]["audits"][0]
+    assert he_audit["reconstruction_note"] == "nothing to invert: the server holds only ciphertexts"
+    assert "secret key" in he_audit["mia_adversary"]
+    assert "— (ciphertexts only)" in markdown and "privacy audit" in markdown
     # the same --out with other options is refused, nothing is mixed
     assert compare.main([*SWEEP, "--rounds", "4", "--out", str(out)]) == 2

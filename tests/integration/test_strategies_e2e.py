@@ -1,22 +1,41 @@
 """Strategies whose messages differ from FedAvg's complete a real ``flwr run``.
 
-Gradients instead of weights (fedsgd) and a round config the clients read (fedprox),
-each on a private SuperLink with 3 SuperNodes for 2 rounds; fedavg's run is in
-``test_e2e.py``. What other strategies change happens on the server only, and every
-strategy runs the real ServerApp and ClientApp in ``tests/app/test_strategy_runs.py``.
+Gradients instead of weights (fedsgd), on a private SuperLink with 3 SuperNodes for 2
+rounds, and a round config the clients read (fedprox) on ten silo files of 28×28
+images, a shape no embedded dataset has (``dataset = "files"``, simulated node ``i``
+reads file ``i``); fedavg's run is in ``test_e2e.py``. What other strategies change
+happens on the server only, and every strategy runs the real ServerApp and ClientApp in
+``tests/app/test_strategy_runs.py``.
 """
 
-import pytest
-
+from testing.silos import write_image_silos
 from tests.app.test_strategy_runs import check_results, run_config
 from tests.integration.conftest import APP
 
-THROUGH_FLWR_RUN = ("fedsgd", "fedprox")
 
-
-@pytest.mark.parametrize("name", THROUGH_FLWR_RUN)
-def test_strategy_completes_flwr_run(superlink, tmp_path, name):
-    out = tmp_path / name
-    outcome = superlink.run(APP, run_config(name, out), num_supernodes=3, timeout=300)
+def test_fedsgd_completes_flwr_run(superlink, tmp_path):
+    out = tmp_path / "fedsgd"
+    outcome = superlink.run(APP, run_config("fedsgd", out), num_supernodes=3, timeout=300)
     assert outcome.results["status"] == "completed", outcome.output[-2000:]
-    check_results(outcome.results, name, out)
+    check_results(outcome.results, "fedsgd", out)
+
+
+def test_fedprox_on_ten_image_silos_completes_flwr_run(superlink, tmp_path):
+    silos, test = write_image_silos(tmp_path / "data", num_silos=10)
+    out = tmp_path / "fedprox"
+    config = {
+        **run_config("fedprox", out),
+        "dataset": "files",
+        "partition-files": str(silos[0].parent),
+        "server-test-path": str(test),
+        "input-shape": "28,28",
+        "learning-rate": 0.02,
+        "local-epochs": 2,
+    }
+    outcome = superlink.run(APP, config, num_supernodes=10, timeout=300)
+    results = outcome.results
+    assert results["status"] == "completed", outcome.output[-2000:]
+    assert results["model"]["kind"] == "cnn" and results["model"]["input-shape"] == "1,28,28"
+    assert all(r["num_clients"] == 10 and not r["failures"] for r in results["rounds"])
+    assert results["final"]["accuracy_source"] == "server-test-set"
+    assert results["final"]["accuracy"] > 0.6  # chance is 0.1

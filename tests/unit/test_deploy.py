@@ -25,7 +25,9 @@ from deploy.processes import ManagedProcess, ProcessError
 from deploy.tls import TlsFiles, certificate_hosts, ensure_tls
 from fl_app.client_app import client_setup
 from fl_app.config import RunConfig
-from fl_app.data import embedded_client_data
+from fl_app.data import embedded_client_data, embedded_shape
+
+DIGITS = embedded_shape("digits")
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -128,7 +130,9 @@ def test_demo_partition_file_gives_the_node_exactly_its_simulated_data(tmp_path)
     paths = write_demo_partitions(tmp_path, ["node-0", "node-1", "node-2"], config)
     for partition_id, path in enumerate(paths):
         node_config = {"data-path": str(path), "partition-id": partition_id, "num-partitions": 3}
-        deployed = client_setup(Context(1, 1, node_config, RecordDict(), config.to_dict())).data
+        deployed = client_setup(
+            Context(1, 1, node_config, RecordDict(), config.to_dict()), DIGITS
+        ).data
         simulated = embedded_client_data(
             config.dataset,
             config.test_fraction,
@@ -205,6 +209,24 @@ def test_cli_rejects_a_bad_run_config_before_creating_anything(tmp_path, capsys)
     assert code == 1
     assert "'partitioner' = 'random' is invalid" in capsys.readouterr().err
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_cli_prepare_checks_every_data_file_before_writing_keys(tmp_path, capsys):
+    good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
+    np.savez(good, x=np.zeros((8, 28, 28), np.uint8), y=np.arange(8))
+    np.savez(bad, x=np.zeros((8, 17)), y=np.arange(8))
+    directory = tmp_path / "deployment"
+    run_config = "dataset='files' input-shape='28,28' num-classes=10"
+    args = ["prepare", str(directory), "--run-config", run_config, "--data", f"node-0={good}"]
+    code = main([*args, "--data", f"node-1={bad}"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert f"node node-1: {bad}: samples have shape 17 (17 values)" in err
+    assert "the task expects 1,28,28 (784 values)" in err and "node-0" not in err.split(":")[1]
+    assert not directory.exists()
+    assert main([*args, "--data", f"node-1={good}"]) == 0
+    assert main(["prepare", str(tmp_path / "d2"), "--run-config", run_config]) == 1
+    assert "dataset 'files' has no demo data" in capsys.readouterr().err
 
 
 def test_stop_ends_the_process_and_children_in_other_sessions_in_bounded_time(tmp_path):

@@ -3,6 +3,7 @@
 import pytest
 
 from fl_app.config import ConfigError, min_train_nodes, parse_run_config
+from strategies.base import sample_size
 
 
 @pytest.mark.parametrize(
@@ -66,3 +67,13 @@ def test_hybrid_needs_a_quality_metric():
         parse_run_config({"strategy": "hybrid", "weight-by": "num-examples"})
     assert parse_run_config({"strategy": "weighted-average", "weight-by": "num-examples"})
     assert parse_run_config({"strategy": "hybrid"}).weight_by == "val-accuracy"
+
+
+@pytest.mark.parametrize(
+    ("available", "fraction", "minimum", "expected"),
+    [(100, 0.29, 2, 29), (1000, 0.05, 2, 50), (10, 0.1, 2, 2), (3, 1.0, 2, 3), (7, 0.5, 9, 7)],
+)
+def test_sample_size_is_the_floor_of_the_fraction_within_the_bounds(
+    available, fraction, minimum, expected
+):
+    assert sample_size(available, fraction, minimum) == expected

@@ -1,0 +1,1 @@
+"""Flower's round floor, measured with a ClientApp that does nothing (bench/deploy.py)."""

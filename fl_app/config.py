@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from flwr.app import Context
 
 DP_MODES: tuple[str, ...] = ("none", "local", "central", "distributed")
+CLIENT_LEVEL_DP = frozenset({"central", "distributed"})
+"""DP modes that protect a client's whole data: noise on the sum of clipped updates."""
 
 
 class ConfigError(ValueError):
@@ -453,32 +455,20 @@ def _dp_errors(config: RunConfig) -> list[str]:
                 "DP-SGD trains on the plain loss and would silently drop the strategy's "
                 "proximal term; use 'fedavg' (or dp = 'central')"
             )
-    if config.dp == "central":
+    if config.dp == "distributed" and not config.he:
+        errors.append(
+            "run-config 'dp' = 'distributed' needs he = true: the clients' noisy updates "
+            "are summed encrypted, and each carries only a share of the noise"
+        )
+    if config.dp in CLIENT_LEVEL_DP:
         if config.dp_target_epsilon == 0 and config.dp_central_noise_multiplier == 0:
             errors.append(
-                "run-config 'dp' = 'central' needs 'dp-target-epsilon' > 0 (the server noise "
+                f"run-config 'dp' = '{config.dp}' needs 'dp-target-epsilon' > 0 (the noise "
                 "is calibrated to it) or 'dp-central-noise-multiplier' > 0; both are 0"
             )
         errors += _needs_linear(
             config,
-            "dp = 'central'",
-            "client-level DP clips and noises a (weighted) mean of updates, which this "
-            "strategy does not compute",
-        )
-    if config.dp == "distributed":
-        if not config.he:
-            errors.append(
-                "run-config 'dp' = 'distributed' needs he = true: the clients' noisy updates "
-                "are summed encrypted, and each carries only a share of the noise"
-            )
-        if config.dp_target_epsilon == 0 and config.dp_central_noise_multiplier == 0:
-            errors.append(
-                "run-config 'dp' = 'distributed' needs 'dp-target-epsilon' > 0 (the noise is "
-                "calibrated to it) or 'dp-central-noise-multiplier' > 0; both are 0"
-            )
-        errors += _needs_linear(
-            config,
-            "dp = 'distributed'",
+            f"dp = '{config.dp}'",
             "client-level DP clips and noises a mean of updates, which this strategy does "
             "not compute",
         )

@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fl_app.config import ConfigError, RunConfig, parse_run_config
+from fl_app.config import CLIENT_LEVEL_DP, ConfigError, RunConfig, parse_run_config
 from fl_app.data import (
     DATASETS,
     FILES,
@@ -236,7 +236,7 @@ def prepare_run(grid: Grid, context: Context) -> PreparedRun:
     checkpoint = _load_resume_checkpoint(config)
     shape, test = resolve_task(config)
     model = initial_model(config, shape)
-    client_level = config.dp in ("central", "distributed")
+    client_level = config.dp in CLIENT_LEVEL_DP
     secret = run_secret(config.resume_from) if client_level else b""
     strategy = build_strategy(config, {k: v.numpy() for k, v in model.state_dict().items()}, secret)
     arrays = ArrayRecord(model.state_dict())

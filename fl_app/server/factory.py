@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fl_app.config import RunConfig, min_train_nodes
+from fl_app.config import CLIENT_LEVEL_DP, RunConfig, min_train_nodes
 from fl_app.dp.central import CentralDP, ClientLevelDP
 from fl_app.dp.distributed import DistributedDP
 from fl_app.he.keys import public_context_path
@@ -113,7 +113,7 @@ def build_strategy(
     """
     if config.he:
         config = replace(config, min_train_nodes=max(MIN_CLIENTS, min_train_nodes(config)))
-    if config.dp in ("central", "distributed"):
+    if config.dp in CLIENT_LEVEL_DP:
         secret = secret or os.urandom(SECRET_BYTES)
     if config.dp == "distributed":  # the wrapper draws the sample: the strategy asks every node
         return DistributedDP(

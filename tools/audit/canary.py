@@ -186,6 +186,40 @@ class AuditResult:
         return {**asdict(self), "violated": self.violated}
 
 
+def judge(
+    guesses: np.ndarray,
+    included: np.ndarray,
+    *,
+    mechanism: tuple[float, float, float, int],
+    accountant: str,
+    delta: float,
+    confidence: float,
+    started: float,
+) -> AuditResult:
+    """Score the guesses and set the lower bound they give against the claimed ε.
+
+    ``mechanism`` is ``(z applied, z claimed, q, steps)``; the claim is ε of
+    ``accountant`` over ``[(z claimed, q, steps)]`` at ``delta``.
+    """
+    applied, claimed_z, sample_rate, steps = mechanism
+    r, v = count_correct(guesses, included)
+    m = len(included)
+    return AuditResult(
+        epsilon_lower_bound=epsilon_lower_bound(r, v, delta, confidence, num_canaries=m),
+        claimed_epsilon=epsilon_of(accountant, [(claimed_z, sample_rate, steps)], delta),
+        delta=delta,
+        confidence=confidence,
+        num_canaries=m,
+        num_guesses=r,
+        num_correct=v,
+        noise_multiplier_applied=applied,
+        claimed_noise_multiplier=claimed_z,
+        sample_rate=sample_rate,
+        steps=steps,
+        seconds=time.perf_counter() - started,
+    )
+
+
 def canary_coordinates(x: np.ndarray, hidden: int, num_canaries: int) -> np.ndarray:
     """Return flat indices into the MLP's first weight ``(hidden, features)`` for canaries.
 
@@ -306,21 +340,14 @@ def audit_dp_sgd(
     training.close()
 
     k_plus = num_canaries // 4 if k_plus is None else k_plus
-    r, v = count_correct(make_guesses(scores, k_plus, k_minus), included)
-    claimed = epsilon_of("rdp", [(claimed_noise_multiplier, training.sample_rate, steps)], delta)
-    return AuditResult(
-        epsilon_lower_bound=epsilon_lower_bound(r, v, delta, confidence, num_canaries=num_canaries),
-        claimed_epsilon=claimed,
+    return judge(
+        make_guesses(scores, k_plus, k_minus),
+        included,
+        mechanism=(noise_multiplier_applied, claimed_noise_multiplier, training.sample_rate, steps),
+        accountant="rdp",
         delta=delta,
         confidence=confidence,
-        num_canaries=num_canaries,
-        num_guesses=r,
-        num_correct=v,
-        noise_multiplier_applied=noise_multiplier_applied,
-        claimed_noise_multiplier=claimed_noise_multiplier,
-        sample_rate=training.sample_rate,
-        steps=steps,
-        seconds=time.perf_counter() - started,
+        started=started,
     )
 
 
@@ -451,19 +478,12 @@ def audit_client_level(
 
     picked_once = 1.0 - (1.0 - sample_rate) ** rounds
     k_plus = max(1, int(num_canaries / 2 * picked_once / 4)) if k_plus is None else k_plus
-    r, v = count_correct(make_guesses(scores, k_plus), included)
-    claimed = epsilon_of(accountant, [(claimed_noise_multiplier, sample_rate, rounds)], delta)
-    return AuditResult(
-        epsilon_lower_bound=epsilon_lower_bound(r, v, delta, confidence, num_canaries=num_canaries),
-        claimed_epsilon=claimed,
+    return judge(
+        make_guesses(scores, k_plus),
+        included,
+        mechanism=(noise_multiplier_applied, claimed_noise_multiplier, sample_rate, rounds),
+        accountant=accountant,
         delta=delta,
         confidence=confidence,
-        num_canaries=num_canaries,
-        num_guesses=r,
-        num_correct=v,
-        noise_multiplier_applied=noise_multiplier_applied,
-        claimed_noise_multiplier=claimed_noise_multiplier,
-        sample_rate=sample_rate,
-        steps=rounds,
-        seconds=time.perf_counter() - started,
+        started=started,
     )
